@@ -1,0 +1,40 @@
+# Everything sets itself up: a virtual environment in .venv with the locked packages
+# (including the SeaweedFS S3 server the tests and the demo start on 127.0.0.1).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ferry-installed
+UV_VERSION := 0.13.8
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: all demo test lint typecheck layers unit clean
+
+all: test
+
+$(STAMP): pyproject.toml uv.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
+	$(BIN)/uv sync --frozen --inexact --python $(BIN)/python
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m tests.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent tests bench
+	$(BIN)/ruff format --check agent tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+layers: $(STAMP)
+	$(BIN)/lint-imports
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+test: lint typecheck layers unit
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,272 @@
+"""The ``ferry`` command line: flags → settings (``agent.settings``) → run → output.
+
+Exit status: 0 success, 1 a Ferry error (the message says why), 2 bad usage, 130 interrupted.
+Results go to stdout (``--json`` for machines); progress and summaries to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import asdict
+from typing import Any, TextIO
+
+import uvloop
+
+from agent.errors import ConfigError, FerryError
+from agent.pipeline.restore import restore
+from agent.repo.repository import Repository
+from agent.repo.writer import create_snapshot
+from agent.settings import (
+    RestoreSettings,
+    S3Settings,
+    SnapshotSettings,
+    parse_size,
+    s3_settings_from_env,
+)
+from agent.storage import open_storage
+
+log = logging.getLogger("ferry")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"  # pragma: no cover
+
+
+class ProgressBar:
+    """One self-rewriting line on a terminal: done/total, percent, throughput, ETA. Silent elsewhere."""
+
+    def __init__(self, label: str, stream: TextIO, interval_s: float = 0.2) -> None:
+        self._label = label
+        self._stream = stream
+        self._enabled = stream.isatty()
+        self._interval = interval_s
+        self._start = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self._enabled or (now - self._last < self._interval and done < total):
+            return
+        self._last = now
+        elapsed = max(now - self._start, 1e-6)
+        rate = done / elapsed
+        pct = 100.0 * done / total if total else 100.0
+        eta = f"{(total - done) / rate:.0f} s" if rate > 0 and done < total else "-"
+        self._stream.write(
+            f"\r{self._label}: {human_bytes(done)} / {human_bytes(total)} {pct:5.1f}%  "
+            f"{human_bytes(rate)}/s  ETA {eta}   "
+        )
+        if done >= total:
+            self._stream.write("\n")
+        self._stream.flush()
+
+
+def _add_repo_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("repository (S3 options default to the AWS_* environment, as for the AWS CLI)")
+    g.add_argument("--repo", required=True, help="s3://bucket/prefix, file:///path or a local directory")
+    g.add_argument("--s3-endpoint", help="endpoint URL (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
+    g.add_argument("--s3-region", help="region (AWS_REGION)")
+    g.add_argument("--s3-path-style", action="store_true", default=None, help="path-style bucket addressing")
+    g.add_argument("--s3-ca-bundle", help="PEM file of CAs to trust (AWS_CA_BUNDLE)")
+    g.add_argument(
+        "--s3-insecure-skip-tls-verify",
+        action="store_true",
+        default=None,
+        help="do not verify TLS (testing only)",
+    )
+    g.add_argument("--s3-profile", help="profile in the shared credentials file (AWS_PROFILE)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferry", description="Verified, parallel volume snapshots and restores.")
+    parser.add_argument("--log-level", default=os.environ.get("FERRY_LOG_LEVEL", "warning"), help="default: warning")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    snap = sub.add_parser("snapshot", help="create, list and show snapshots").add_subparsers(
+        dest="action", required=True
+    )
+    create = snap.add_parser("create", help="snapshot a block device, image file or directory")
+    _add_repo_flags(create)
+    create.add_argument("source", help="block device, image file (block mode) or directory (filesystem mode)")
+    create.add_argument("--chunk-size", default="4MiB", help="block mode chunk size (default 4MiB)")
+    create.add_argument("--pack-size", default="32MiB", help="target pack size (default 32MiB)")
+    create.add_argument("--compression-level", type=int, default=3, help="zstd level 1-19 (default 3)")
+    create.add_argument("--threads", type=int, default=0, help="hash/compress threads (default: one per CPU)")
+    create.add_argument("--uploads", type=int, default=3, help="packs uploading at once (default 3)")
+
+    lst = snap.add_parser("list", help="list the repository's snapshots")
+    _add_repo_flags(lst)
+    show = snap.add_parser("show", help="describe one snapshot")
+    _add_repo_flags(show)
+    show.add_argument("snapshot_id")
+
+    rst = sub.add_parser("restore", help="restore a snapshot onto a block device, image file or directory")
+    _add_repo_flags(rst)
+    rst.add_argument("--snapshot", required=True, help="snapshot ID")
+    rst.add_argument("target", help="block device or image file (block snapshots), directory (filesystem)")
+    rst.add_argument("--sparse", action="store_true", help="the block device reads as zeros: skip its holes")
+    rst.add_argument("--reads", type=int, default=8, help="ranged GETs in flight (default 8)")
+    rst.add_argument("--range-size", default="8MiB", help="largest coalesced GET (default 8MiB)")
+    rst.add_argument("--memory", default="96MiB", help="fetched bytes held at once (default 96MiB)")
+    rst.add_argument("--threads", type=int, default=0, help="decode/verify/write threads (default: one per CPU)")
+    return parser
+
+
+def s3_settings(args: argparse.Namespace) -> S3Settings:
+    return s3_settings_from_env(
+        os.environ,
+        endpoint_url=args.s3_endpoint,
+        region=args.s3_region,
+        path_style=args.s3_path_style,
+        ca_bundle=args.s3_ca_bundle,
+        verify_tls=False if args.s3_insecure_skip_tls_verify else None,
+        profile=args.s3_profile,
+    )
+
+
+async def _with_repo(args: argparse.Namespace, body: Callable[[Repository], Awaitable[int]]) -> int:
+    storage = await open_storage(args.repo, s3_settings(args))
+    async with storage:
+        return await body(Repository(storage))
+
+
+def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
+    sys.stdout.write((json.dumps(payload, indent=2) if args.json else text) + "\n")
+
+
+async def cmd_snapshot_create(args: argparse.Namespace) -> int:
+    settings = SnapshotSettings(
+        block_chunk_bytes=parse_size(args.chunk_size, "--chunk-size"),
+        pack_bytes=parse_size(args.pack_size, "--pack-size"),
+        compression_level=args.compression_level,
+        threads=args.threads,
+        uploads_in_flight=args.uploads,
+    )
+
+    async def body(repo: Repository) -> int:
+        bar = ProgressBar("snapshot", sys.stderr)
+        result = await create_snapshot(repo, args.source, settings, bar)
+        rate = result.size / max(result.seconds, 1e-9)
+        if not args.json:
+            sys.stderr.write(
+                f"{result.mode} snapshot of {human_bytes(result.size)} in {result.seconds:.2f} s "
+                f"({human_bytes(rate)}/s): {result.new_chunks} new chunks ({human_bytes(result.new_stored_bytes)} "
+                f"stored in {result.packs} packs), {result.reused_chunks} already in the repository, "
+                f"{human_bytes(result.hole_bytes)} of zeros\n"
+            )
+            if result.skipped:
+                sys.stderr.write(f"skipped {len(result.skipped)} special files (sockets, FIFOs, devices)\n")
+        _emit(args, asdict(result), result.snapshot_id)
+        return 0
+
+    return await _with_repo(args, body)
+
+
+def _summary(snapshot_id: str, m: Any) -> dict[str, Any]:
+    stored = sum(rec.stored for rec in m.chunks)
+    return {
+        "id": snapshot_id,
+        "format": f"{m.version[0]}.{m.version[1]}",
+        "mode": m.mode,
+        "size": m.size,
+        "created": m.created,
+        "source": m.source,
+        "chunks": len(m.chunks),
+        "storedBytes": stored,
+        "packs": len(m.packs),
+        "entries": len(m.entries),
+        **({"chunkSize": m.chunk_size} if m.mode == "block" else {}),
+    }
+
+
+async def cmd_snapshot_list(args: argparse.Namespace) -> int:
+    async def body(repo: Repository) -> int:
+        ids = await repo.snapshot_ids()
+        rows = [_summary(i, await repo.read_manifest(i)) for i in ids]
+        rows.sort(key=lambda r: r["created"])
+        lines = [f"{'ID':64}  {'MODE':10}  {'SIZE':>12}  CREATED               SOURCE"]
+        lines += [
+            f"{r['id']}  {r['mode']:10}  {human_bytes(r['size']):>12}  {r['created']:20}  {r['source'].get('path', '')}"
+            for r in rows
+        ]
+        _emit(args, rows, "\n".join(lines))
+        return 0
+
+    return await _with_repo(args, body)
+
+
+async def cmd_snapshot_show(args: argparse.Namespace) -> int:
+    async def body(repo: Repository) -> int:
+        info = _summary(args.snapshot_id.lower(), await repo.read_manifest(args.snapshot_id))
+        text = "\n".join(f"{k + ':':14}{v}" for k, v in info.items())
+        _emit(args, info, text)
+        return 0
+
+    return await _with_repo(args, body)
+
+
+async def cmd_restore(args: argparse.Namespace) -> int:
+    range_bytes = parse_size(args.range_size, "--range-size")
+    settings = RestoreSettings(
+        reads_in_flight=args.reads,
+        max_range_bytes=range_bytes,
+        memory_bytes=max(parse_size(args.memory, "--memory"), range_bytes),
+        threads=args.threads,
+        sparse=args.sparse,
+    )
+
+    async def body(repo: Repository) -> int:
+        result = await restore(repo, args.snapshot, args.target, settings, ProgressBar("restore", sys.stderr))
+        rate = result.total_bytes / max(result.seconds, 1e-9)
+        if not args.json:
+            sys.stderr.write(
+                f"restored {human_bytes(result.total_bytes)} in {result.seconds:.2f} s ({human_bytes(rate)}/s), "
+                f"{human_bytes(result.fetched_bytes)} fetched in {result.requests} requests, every chunk verified\n"
+            )
+        _emit(args, asdict(result), f"restored {args.snapshot} to {args.target}")
+        return 0
+
+    return await _with_repo(args, body)
+
+
+COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    ("snapshot", "create"): cmd_snapshot_create,
+    ("snapshot", "list"): cmd_snapshot_list,
+    ("snapshot", "show"): cmd_snapshot_show,
+    ("restore", None): cmd_restore,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = COMMANDS[(args.command, getattr(args, "action", None))]
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(command(args))
+    except ConfigError as e:
+        sys.stderr.write(f"ferry: {e}\n")
+        return 2
+    except FerryError as e:
+        sys.stderr.write(f"ferry: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("ferry: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

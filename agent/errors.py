@@ -1,0 +1,114 @@
+"""Ferry's own exceptions, one tree, mapped from third-party errors at the boundaries.
+
+    FerryError                        anything Ferry raises on purpose; str() is for operators
+    ├── ConfigError                   a setting, flag or repository URL is invalid
+    ├── StorageError                  object storage could not do what was asked
+    │   ├── TransientStorageError     worth retrying: timeouts, resets, 5xx, throttling (transient=True)
+    │   ├── ObjectNotFound            the key does not exist
+    │   ├── BucketNotFound            the bucket does not exist
+    │   ├── AccessDenied              credentials missing, wrong, or not allowed
+    │   └── ObjectTruncated           a ranged read returned fewer bytes than the object should hold
+    ├── RepositoryError               the repository's content is not what the format promises
+    │   ├── SnapshotNotFound          no manifest under that snapshot ID
+    │   ├── ManifestInvalid           truncated, tampered, or not a manifest at all
+    │   ├── UnsupportedFormat         a format major version this Ferry does not read
+    │   ├── PackMissing               a pack the manifest names is gone
+    │   └── ChunkCorrupt              a chunk stayed bad after every allowed re-fetch
+    ├── TargetError                   the restore target cannot take this snapshot
+    │   ├── TargetTooSmall            block target smaller than the snapshot
+    │   └── UnsafePath                a path would leave the target or pass through a symlink
+    └── SourceError                   a snapshot source cannot be read or holds what we cannot store
+
+Only botocore/aiohttp errors are translated (in ``agent.storage``); OS errors on the target are wrapped
+in ``TargetError`` by the pipeline. Cancellation is never an error: it stays ``asyncio.CancelledError``.
+"""
+
+from __future__ import annotations
+
+
+class FerryError(Exception):
+    """Base class. ``transient`` says whether retrying the same operation may succeed."""
+
+    transient: bool = False
+
+
+class ConfigError(FerryError):
+    """A setting, command-line flag or repository URL is invalid."""
+
+
+class StorageError(FerryError):
+    """Object storage failed."""
+
+
+class TransientStorageError(StorageError):
+    """A failure that a retry may cure (timeout, connection reset, 5xx, throttling)."""
+
+    transient = True
+
+
+class ObjectNotFound(StorageError):
+    """The key does not exist."""
+
+    def __init__(self, key: str, where: str) -> None:
+        super().__init__(f"object {key!r} not found in {where}")
+        self.key = key
+
+
+class BucketNotFound(StorageError):
+    """The bucket does not exist."""
+
+
+class AccessDenied(StorageError):
+    """Credentials are missing, wrong, or lack the permission."""
+
+
+class ObjectTruncated(StorageError):
+    """A read returned fewer bytes than were asked for: the object is shorter than expected."""
+
+
+class RepositoryError(FerryError):
+    """The repository's content contradicts the format."""
+
+
+class SnapshotNotFound(RepositoryError):
+    """There is no manifest for that snapshot ID."""
+
+
+class ManifestInvalid(RepositoryError):
+    """A manifest is truncated, tampered with, or malformed."""
+
+
+class UnsupportedFormat(RepositoryError):
+    """The manifest uses a format major version this build cannot read."""
+
+
+class PackMissing(RepositoryError):
+    """A pack that a manifest refers to does not exist."""
+
+
+class ChunkCorrupt(RepositoryError):
+    """A chunk failed decompression or verification on every allowed fetch."""
+
+    def __init__(self, chunk_id: str, pack: str, offset: int, reason: str, attempts: int) -> None:
+        super().__init__(
+            f"chunk {chunk_id} in pack {pack} at offset {offset} is corrupt ({reason}) "
+            f"after {attempts} fetches; the repository is damaged, restore from another snapshot"
+        )
+        self.chunk_id = chunk_id
+        self.pack = pack
+
+
+class TargetError(FerryError):
+    """The restore target cannot take this snapshot."""
+
+
+class TargetTooSmall(TargetError):
+    """A block target is smaller than the snapshot."""
+
+
+class UnsafePath(TargetError):
+    """A path would leave the target or go through a symlink."""
+
+
+class SourceError(FerryError):
+    """A snapshot source cannot be read, or holds something we cannot store."""

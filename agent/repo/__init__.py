@@ -1,0 +1,1 @@
+"""The repository format: manifests, chunks, packs, and the snapshot writer."""

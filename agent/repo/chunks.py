@@ -1,0 +1,88 @@
+"""Chunks: the one place that turns plain bytes into stored frames and back, verifying on the way.
+
+A stored chunk is a single zstd frame whose header carries the plain length; its identity is the
+BLAKE3-256 of the plain bytes. ``decode_chunk`` checks the frame header, that the frame decompresses
+to exactly that length, and the hash, into a caller-owned buffer (so worker threads reuse memory
+instead of allocating per chunk). All functions here are blocking and thread-safe: each thread keeps its
+own zstd contexts.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import blake3
+import zstandard
+
+from agent.repo.format import MAX_CHUNK_BYTES
+
+_local = threading.local()
+
+
+def chunk_id(data: bytes | bytearray | memoryview) -> bytes:
+    """BLAKE3-256 of the plain bytes."""
+    return blake3.blake3(data, max_threads=1).digest()
+
+
+def is_zero(data: bytes | bytearray | memoryview, _zeros: dict[int, bytes] = {}) -> bool:  # noqa: B006
+    """True if every byte is zero (a memcmp against a cached zero block of that length)."""
+    n = len(data)
+    zeros = _zeros.get(n)
+    if zeros is None:
+        zeros = _zeros.setdefault(n, bytes(n)) if n <= MAX_CHUNK_BYTES else bytes(n)
+    return data == zeros
+
+
+def encode_chunk(data: bytes | bytearray | memoryview, level: int) -> bytes:
+    """One zstd frame with the content size in its header."""
+    cctx: zstandard.ZstdCompressor | None = getattr(_local, "cctx", None)
+    if cctx is None or getattr(_local, "level", None) != level:
+        cctx = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+        _local.cctx, _local.level = cctx, level
+    return cctx.compress(data)
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+def decode_buffer(min_bytes: int) -> bytearray:
+    """This thread's reusable output buffer, grown to at least ``min_bytes`` (the largest chunk)."""
+    buf: bytearray | None = getattr(_local, "buf", None)
+    if buf is None or len(buf) < min_bytes:
+        buf = _local.buf = bytearray(min(max(min_bytes, 64 * 1024), MAX_CHUNK_BYTES))
+    return buf
+
+
+def decode_chunk(frame: memoryview, plain_len: int, expected_id: bytes, out: bytearray) -> memoryview | str:
+    """Decompress and verify one stored chunk into ``out``.
+
+    Returns a view of the plain bytes in ``out``, or a short reason why the chunk is bad. Never raises
+    for bad data: the caller decides whether to fetch again.
+    """
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError:
+        return "not a zstd frame"
+    if declared != plain_len:
+        return f"frame declares {declared} bytes, the manifest {plain_len}"
+    view = memoryview(out)[:plain_len]
+    filled = 0
+    try:
+        with _decompressor().stream_reader(frame, read_across_frames=False, closefd=False) as reader:
+            while filled < plain_len:
+                n = reader.readinto(view[filled:])
+                if n == 0:
+                    break
+                filled += n
+            trailing = reader.read(1)
+    except zstandard.ZstdError as e:
+        return f"decompression failed: {e}"
+    if filled != plain_len or trailing:
+        return f"frame holds {'more' if trailing else filled} bytes, not {plain_len}"
+    if chunk_id(view) != expected_id:
+        return "BLAKE3 mismatch"
+    return view

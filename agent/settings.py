@@ -1,0 +1,196 @@
+"""Every tunable of Ferry: frozen, documented dataclasses, parsed in this module and nowhere else.
+
+Each module is handed only its group: storage gets ``S3Settings``, the snapshot writer
+``SnapshotSettings``, the restore pipeline ``RestoreSettings``. Sizes are bytes, durations seconds.
+``parse_size`` and ``s3_settings_from_env`` are the only parsers; the command line calls them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from agent.errors import ConfigError
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
+
+
+def parse_size(text: str, what: str) -> int:
+    """Parse '4194304', '4MiB', '4M' or '512k' (binary units) into bytes."""
+    m = _SIZE.match(text)
+    if not m:
+        raise ConfigError(f"{what}: {text!r} is not a size (examples: 4194304, 4MiB, 512KiB)")
+    unit = (m.group(2) or "").lower()[:1]
+    return int(m.group(1)) * _SIZE_UNITS[unit]
+
+
+def parse_bool(text: str, what: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{what}: {text!r} is not a boolean (use true or false)")
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask, which containers narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach an S3-compatible object store.
+
+    Credentials are never printed: the key fields are excluded from ``repr``.
+    When the explicit keys are unset, botocore's chain applies (environment, shared credentials file,
+    profile), exactly as for the AWS CLI.
+    """
+
+    endpoint_url: str | None = None
+    """Full URL of the endpoint (``http://`` turns TLS off). None: AWS's endpoint for the region."""
+    region: str | None = None
+    """Signing region. None: ``us-east-1`` unless the environment or profile says otherwise."""
+    path_style: bool = False
+    """Address buckets as ``endpoint/bucket/key`` instead of ``bucket.endpoint/key``."""
+    verify_tls: bool = True
+    """Check the server's certificate (False is ``insecureSkipTLSVerify``)."""
+    ca_bundle: str | None = None
+    """PEM file of CA certificates to trust instead of the system's."""
+    profile: str | None = None
+    """Profile in the shared credentials/config files."""
+    credentials_file: str | None = None
+    """AWS shared-credentials INI file (default ``~/.aws/credentials``)."""
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    connect_timeout_s: float = 10.0
+    """Seconds to establish a connection."""
+    request_timeout_s: float = 120.0
+    """Seconds one request may take, body included, before it is abandoned and retried."""
+    max_attempts: int = 5
+    """Attempts per request for transient failures (1 = no retry)."""
+    backoff_base_s: float = 0.2
+    """First retry delay; doubles each attempt, with full jitter."""
+    backoff_max_s: float = 10.0
+    """Upper bound of one retry delay."""
+    max_connections: int = 64
+    """Connection pool size; must exceed the reads and uploads in flight."""
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError("S3 max_attempts must be at least 1")
+        if self.connect_timeout_s <= 0 or self.request_timeout_s <= 0:
+            raise ConfigError("S3 timeouts must be positive")
+        if self.ca_bundle is not None and not os.path.isfile(self.ca_bundle):
+            raise ConfigError(f"CA bundle {self.ca_bundle!r} does not exist")
+
+
+def s3_settings_from_env(env: Mapping[str, str], **overrides: object) -> S3Settings:
+    """S3 settings from the standard AWS variables, then explicit overrides (flags) on top.
+
+    Honoured: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, AWS_REGION, AWS_DEFAULT_REGION, AWS_PROFILE,
+    AWS_SHARED_CREDENTIALS_FILE, AWS_CA_BUNDLE. Keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_SESSION_TOKEN) are left to botocore's credential chain, which reads them itself.
+    Overrides whose value is None are ignored.
+    """
+    values: dict[str, object] = {
+        "endpoint_url": env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+        "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+        "profile": env.get("AWS_PROFILE") or None,
+        "credentials_file": env.get("AWS_SHARED_CREDENTIALS_FILE") or None,
+        "ca_bundle": env.get("AWS_CA_BUNDLE") or None,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    endpoint = values["endpoint_url"]
+    if endpoint is not None and not re.match(r"^https?://[^/]+", str(endpoint)):
+        raise ConfigError(f"S3 endpoint {endpoint!r} must be an http:// or https:// URL")
+    return S3Settings(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class SnapshotSettings:
+    """How ``ferry snapshot create`` cuts, compresses and packs data."""
+
+    block_chunk_bytes: int = 4 * MiB
+    """Chunk size for block volumes and images: fixed, aligned chunks. A power of two, 64 KiB–16 MiB."""
+    cdc_min_bytes: int = 256 * KiB
+    """Content-defined chunking of files: smallest chunk (files smaller than this are one chunk)."""
+    cdc_avg_bytes: int = 1 * MiB
+    """Content-defined chunking: target average (FastCDC normalised chunking level 1)."""
+    cdc_max_bytes: int = 4 * MiB
+    """Content-defined chunking: largest chunk."""
+    pack_bytes: int = 32 * MiB
+    """A pack is sealed and uploaded once it holds at least this many stored bytes."""
+    compression_level: int = 3
+    """zstd level, 1–19."""
+    uploads_in_flight: int = 3
+    """Packs uploading at once (each held in memory until stored)."""
+    threads: int = 0
+    """Hashing/compression threads; 0 means one per CPU."""
+
+    def __post_init__(self) -> None:
+        cs = self.block_chunk_bytes
+        if cs & (cs - 1) or not 64 * KiB <= cs <= 16 * MiB:
+            raise ConfigError(f"block chunk size {cs} must be a power of two between 64 KiB and 16 MiB")
+        if not 64 * KiB <= self.cdc_min_bytes <= self.cdc_avg_bytes <= self.cdc_max_bytes <= 16 * MiB:
+            raise ConfigError("chunking sizes must satisfy 64 KiB <= min <= avg <= max <= 16 MiB")
+        if self.cdc_avg_bytes & (self.cdc_avg_bytes - 1):
+            raise ConfigError("the average chunk size must be a power of two")
+        if not MiB <= self.pack_bytes <= 1 * GiB:
+            raise ConfigError("pack size must be between 1 MiB and 1 GiB")
+        if not 1 <= self.compression_level <= 19:
+            raise ConfigError("compression level must be between 1 and 19")
+        if self.uploads_in_flight < 1 or self.threads < 0:
+            raise ConfigError("uploads in flight must be >= 1 and threads >= 0")
+
+    @property
+    def worker_threads(self) -> int:
+        return self.threads or cpu_count()
+
+
+@dataclass(frozen=True)
+class RestoreSettings:
+    """How a restore fetches, verifies and writes. Memory is bounded by ``memory_bytes`` plus one
+    decode buffer of the largest chunk per thread, whatever the volume's size."""
+
+    reads_in_flight: int = 8
+    """Ranged GETs in flight at once."""
+    max_range_bytes: int = 8 * MiB
+    """Neighbouring chunks of a pack are coalesced into one GET of at most this many stored bytes
+    (a single larger chunk is still fetched whole)."""
+    max_gap_bytes: int = 1 * MiB
+    """Coalescing reads through gaps (chunks this restore does not need) up to this size."""
+    memory_bytes: int = 96 * MiB
+    """Fetched bytes held at once, from the start of a GET until its chunks are written."""
+    threads: int = 0
+    """Decompress/verify/write threads; 0 means one per CPU."""
+    fetch_attempts: int = 3
+    """Fetches of a chunk that fails decompression or verification before the restore fails."""
+    sparse: bool = False
+    """The block target is known to read as zeros (a fresh volume): holes are skipped instead of
+    zeroed. Velero's WriteSparseFiles. Regular-file targets always keep holes as holes."""
+
+    def __post_init__(self) -> None:
+        if self.reads_in_flight < 1:
+            raise ConfigError("reads in flight must be at least 1")
+        if self.max_range_bytes < 64 * KiB or self.max_gap_bytes < 0:
+            raise ConfigError("max range must be >= 64 KiB and max gap >= 0")
+        if self.memory_bytes < self.max_range_bytes:
+            raise ConfigError("the memory limit must be at least the maximum range size")
+        if self.threads < 0 or self.fetch_attempts < 1:
+            raise ConfigError("threads must be >= 0 and fetch attempts >= 1")
+
+    @property
+    def worker_threads(self) -> int:
+        return self.threads or cpu_count()

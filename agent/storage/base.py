@@ -1,0 +1,56 @@
+"""The storage interface every backend implements."""
+
+from __future__ import annotations
+
+import abc
+from types import TracebackType
+
+from agent.errors import ConfigError
+
+
+def check_key(key: str) -> str:
+    """Keys are relative, '/'-separated, without empty, '.' or '..' parts."""
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") for p in parts) or "\x00" in key:
+        raise ConfigError(f"invalid storage key {key!r}")
+    return key
+
+
+class Storage(abc.ABC):
+    """A flat namespace of immutable objects under one root. Implementations are safe to use from
+    many tasks at once on one event loop."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where this is, for messages: a URL without credentials."""
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> bytes:
+        """The whole object. Raises ObjectNotFound."""
+
+    @abc.abstractmethod
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """Exactly ``length`` bytes from ``offset``. Raises ObjectNotFound, ObjectTruncated."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, data: bytes) -> None:
+        """Store an object atomically: readers see all of it or nothing."""
+
+    @abc.abstractmethod
+    async def list(self, prefix: str) -> list[str]:
+        """Keys that start with ``prefix``, sorted."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release connections and threads."""
+
+    async def __aenter__(self) -> Storage:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,243 @@
+"""S3 (and S3-compatible) storage through aiobotocore.
+
+botocore's own retries are off: every request goes through ``_call``, which bounds it with
+``request_timeout_s``, translates botocore/aiohttp exceptions into ``agent.errors`` and retries only
+transient ones with capped, fully jittered exponential backoff. Credentials come from the explicit
+settings or botocore's chain and never appear in a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, TypeVar
+
+import aiohttp
+import botocore.exceptions
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+
+from agent.errors import (
+    AccessDenied,
+    BucketNotFound,
+    ObjectNotFound,
+    ObjectTruncated,
+    StorageError,
+    TransientStorageError,
+)
+from agent.settings import S3Settings
+from agent.storage.base import Storage, check_key
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+T = TypeVar("T")
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_DENIED = {
+    "AccessDenied",
+    "403",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "AllAccessDisabled",
+}
+_TRANSIENT = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "RequestTimeTooSkewed",
+}
+_TRANSIENT_BOTOCORE = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.HTTPClientError,
+)
+
+# What a retry loop reports: operation, key, attempt number (1-based) and the error.
+RetryHook = Callable[[str, str, int, StorageError], None]
+
+
+class S3Storage(Storage):
+    """Objects under ``s3://bucket/prefix/``. Create with ``await S3Storage.open(...)``."""
+
+    def __init__(self, settings: S3Settings, bucket: str, prefix: str) -> None:
+        self._settings = settings
+        self._bucket = bucket
+        self._prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._stack = AsyncExitStack()
+        self._client: S3Client | None = None
+        self.on_retry: RetryHook | None = None
+
+    @classmethod
+    async def open(cls, settings: S3Settings, bucket: str, prefix: str) -> S3Storage:
+        storage = cls(settings, bucket, prefix)
+        await storage._connect()
+        return storage
+
+    async def _connect(self) -> None:
+        s = self._settings
+        session = AioSession(profile=s.profile) if s.profile else AioSession()
+        if s.credentials_file:
+            session.set_config_variable("credentials_file", s.credentials_file)
+        config = AioConfig(
+            connect_timeout=s.connect_timeout_s,
+            read_timeout=s.request_timeout_s,
+            retries={"total_max_attempts": 1},
+            max_pool_connections=s.max_connections,
+            s3={"addressing_style": "path" if s.path_style else "auto"},
+            # Our BLAKE3 check covers every chunk; botocore's whole-object CRCs cost a core per GB/s and
+            # older S3 servers reject the newer default checksum headers.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        verify: bool | str = s.ca_bundle if (s.verify_tls and s.ca_bundle) else s.verify_tls
+        use_ssl = not (s.endpoint_url or "").startswith("http://")
+        self._client = await self._stack.enter_async_context(
+            session.create_client(
+                "s3",
+                endpoint_url=s.endpoint_url,
+                region_name=s.region or "us-east-1",
+                use_ssl=use_ssl,
+                verify=verify,
+                aws_access_key_id=s.access_key_id,
+                aws_secret_access_key=s.secret_access_key,
+                aws_session_token=s.session_token,
+                config=config,
+            )
+        )
+
+    def describe(self) -> str:
+        where = f"s3://{self._bucket}/{self._prefix}"
+        if self._settings.endpoint_url:
+            where += f" at {self._settings.endpoint_url}"
+        return where
+
+    @property
+    def client(self) -> S3Client:
+        if self._client is None:
+            raise StorageError("S3 storage used after it was closed")
+        return self._client
+
+    def _key(self, key: str) -> str:
+        return self._prefix + check_key(key)
+
+    async def get(self, key: str) -> bytes:
+        async def op() -> bytes:
+            response = await self.client.get_object(Bucket=self._bucket, Key=self._key(key))
+            async with response["Body"] as body:
+                return await body.read()
+
+        return await self._call("GET", key, op)
+
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        async def op() -> bytes:
+            response = await self.client.get_object(
+                Bucket=self._bucket, Key=self._key(key), Range=f"bytes={offset}-{offset + length - 1}"
+            )
+            async with response["Body"] as body:
+                data = await body.read()
+            if len(data) != length:
+                raise ObjectTruncated(
+                    f"{key!r} in {self.describe()} ends before byte {offset + length} "
+                    f"(got {len(data)} of {length} bytes at {offset})"
+                )
+            return data
+
+        return await self._call("GET", key, op)
+
+    async def put(self, key: str, data: bytes) -> None:
+        async def op() -> None:
+            await self.client.put_object(Bucket=self._bucket, Key=self._key(key), Body=data)
+
+        await self._call("PUT", key, op)
+
+    async def list(self, prefix: str) -> list[str]:
+        async def op() -> list[str]:
+            keys: list[str] = []
+            paginator = self.client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self._bucket, Prefix=self._prefix + prefix):
+                keys.extend(obj["Key"][len(self._prefix) :] for obj in page.get("Contents", []))
+            return sorted(keys)
+
+        return await self._call("LIST", prefix, op)
+
+    async def aclose(self) -> None:
+        self._client = None
+        await self._stack.aclose()
+
+    async def _call(self, op_name: str, key: str, op: Callable[[], Awaitable[T]]) -> T:
+        s = self._settings
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with asyncio.timeout(s.request_timeout_s):
+                    return await op()
+            except StorageError as e:
+                error: StorageError = e
+            except TimeoutError as e:
+                error = TransientStorageError(
+                    f"{op_name} {key!r} on {self.describe()} took longer than {s.request_timeout_s:g} s"
+                )
+                error.__cause__ = e
+            except (
+                botocore.exceptions.BotoCoreError,
+                botocore.exceptions.ClientError,
+                aiohttp.ClientError,
+            ) as e:
+                error = self._translate(op_name, key, e)
+            if not error.transient or attempt >= s.max_attempts:
+                raise error
+            if self.on_retry is not None:
+                self.on_retry(op_name, key, attempt, error)
+            delay = random.uniform(0, min(s.backoff_max_s, s.backoff_base_s * 2 ** (attempt - 1)))  # noqa: S311
+            await asyncio.sleep(delay)
+
+    def _translate(self, op_name: str, key: str, e: Exception) -> StorageError:
+        where = self.describe()
+        what = f"{op_name} {key!r} on {where}"
+        if isinstance(e, botocore.exceptions.ClientError):
+            err = e.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            out: StorageError
+            if code == "NoSuchBucket":
+                out = BucketNotFound(f"bucket {self._bucket!r} does not exist at {where}")
+            elif code in _NOT_FOUND:
+                out = ObjectNotFound(key, where)
+            elif code in _DENIED:
+                out = AccessDenied(f"{what} was refused ({code}): check the credentials and their permissions")
+            elif code == "InvalidRange" or status == 416:
+                out = ObjectTruncated(f"{what}: the object is shorter than the range asked for")
+            elif code in _TRANSIENT or status >= 500 or status == 429:
+                out = TransientStorageError(f"{what} failed with {code or status}, will retry")
+            else:
+                out = StorageError(f"{what} failed: {code or status} {err.get('Message', '')}".rstrip())
+        elif isinstance(e, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+            out = AccessDenied(
+                f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "AWS_SHARED_CREDENTIALS_FILE or AWS_PROFILE"
+            )
+        elif isinstance(e, botocore.exceptions.ProfileNotFound):
+            out = AccessDenied(f"{e} (needed for {where})")
+        elif isinstance(e, botocore.exceptions.SSLError):
+            out = StorageError(f"TLS to {where} failed: {e}; set a CA bundle or, for testing only, skip verification")
+        elif isinstance(e, (*_TRANSIENT_BOTOCORE, aiohttp.ClientError)):
+            out = TransientStorageError(f"{what}: {type(e).__name__}: {e}")
+        else:
+            out = StorageError(f"{what}: {e}")
+        out.__cause__ = e
+        return out
