@@ -11,6 +11,7 @@ offsets, in any order. A chunk that fails is never written: it is fetched again 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from agent.pipeline.plan import ChunkJob, FetchRange, Plan
 from agent.repo.chunks import decode_buffer, decode_chunk
 from agent.repo.repository import Repository
 from agent.settings import RestoreSettings
+from agent.taskgroups import task_group
 from agent.threads import WorkerPool
 
 
@@ -62,8 +64,9 @@ class ByteBudget:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release(n)
-            else:
-                self._waiters.remove((n, waiter))
+            else:  # still queued, or already dropped by _wake as cancelled
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove((n, waiter))
                 self._wake()
             raise
         return n
@@ -164,6 +167,6 @@ async def transfer(
         for rng in ranges:
             await move(rng)
 
-    async with asyncio.TaskGroup() as tg:
+    async with task_group() as tg:
         for n in range(min(settings.reads_in_flight, len(plan.ranges))):
             tg.create_task(worker(), name=f"restore reader {n}")

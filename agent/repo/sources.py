@@ -14,13 +14,15 @@ from agent.repo.format import EntryType, Meta
 def open_block_source(path: str) -> tuple[int, int]:
     """Open a block device or regular file for reading: (fd, size in bytes)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for files and devices.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise SourceError(f"cannot open {path!r}: {e.strerror}") from e
     mode = os.fstat(fd).st_mode
     if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
         os.close(fd)
         raise SourceError(f"{path!r} is neither a block device, an image file nor a directory")
+    os.set_blocking(fd, True)
     return fd, os.lseek(fd, 0, os.SEEK_END)
 
 

@@ -36,6 +36,7 @@ from agent.repo.format import (
 from agent.repo.repository import Repository
 from agent.repo.sources import open_block_source, scan_tree
 from agent.settings import SnapshotSettings
+from agent.taskgroups import task_group
 from agent.threads import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ async def known_chunks(repo: Repository) -> tuple[dict[bytes, ChunkRecord], list
                 pack = pack_index.setdefault(manifest.packs[rec.pack], len(pack_index))
                 known[rec.id] = rec._replace(pack=pack)
 
-    async with asyncio.TaskGroup() as tg:
+    async with task_group() as tg:
         for sid in ids:
             tg.create_task(load(sid))
     return known, list(pack_index)
@@ -316,7 +317,7 @@ async def _snapshot_block(
     slots = array("q", [HOLE]) * (-(-size // cs))
     holes = done = 0
     try:
-        async with asyncio.TaskGroup() as tg:
+        async with task_group() as tg:
             packer = _Packer(repo, settings, tg, pool)
             window = _Window(tg, pool)
 
@@ -369,7 +370,7 @@ async def _snapshot_tree(
     total = sum(e.size for e in tree.entries if e.type == "file")
     contents: dict[int, list[int]] = {i: [] for i, e in enumerate(tree.entries) if e.type == "file"}
     holes = done = 0
-    async with asyncio.TaskGroup() as tg:
+    async with task_group() as tg:
         packer = _Packer(repo, settings, tg, pool)
         window = _Window(tg, pool)
 

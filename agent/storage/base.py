@@ -37,6 +37,10 @@ class Storage(abc.ABC):
         """Store an object atomically: readers see all of it or nothing."""
 
     @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove an object; removing a missing object is not an error."""
+
+    @abc.abstractmethod
     async def list(self, prefix: str) -> list[str]:
         """Keys that start with ``prefix``, sorted."""
 

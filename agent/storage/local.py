@@ -80,6 +80,17 @@ class LocalStorage(Storage):
                 os.unlink(tmp)
             raise StorageError(f"cannot write {key!r} to {self.describe()}: {e.strerror}") from e
 
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._delete, key)
+
+    def _delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StorageError(f"cannot delete {key!r} from {self.describe()}: {e.strerror}") from e
+
     async def list(self, prefix: str) -> list[str]:
         return await asyncio.to_thread(self._list, prefix)
 

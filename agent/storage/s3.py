@@ -164,6 +164,12 @@ class S3Storage(Storage):
 
         await self._call("PUT", key, op)
 
+    async def delete(self, key: str) -> None:
+        async def op() -> None:
+            await self.client.delete_object(Bucket=self._bucket, Key=self._key(key))
+
+        await self._call("DELETE", key, op)
+
     async def list(self, prefix: str) -> list[str]:
         async def op() -> list[str]:
             keys: list[str] = []

@@ -1,0 +1,122 @@
+"""Shared fixtures: a real SeaweedFS S3 server for the session, fresh buckets, repositories on both
+backends, a hermetic AWS environment, and checks that no test leaks a Ferry thread or an asyncio task."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiobotocore.session import AioSession
+
+from agent.repo.repository import Repository
+from agent.settings import S3Settings
+from agent.storage.local import LocalStorage
+from agent.storage.s3 import S3Storage
+from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_aws(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No developer credentials, profiles, proxies or instance metadata leak into a test."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    nowhere = tmp_path_factory.getbasetemp() / "no-aws"
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(nowhere / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(nowhere / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    leaked = [t.name for t in threading.enumerate() if t not in before and t.name.startswith("ferry-")]
+    assert not leaked, f"threads still running after the test: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+async def _no_leaked_tasks() -> AsyncIterator[None]:
+    yield
+    current = asyncio.current_task()
+    leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    assert not leftover, f"tasks still running after the test: {leftover}"
+
+
+def s3_settings_for(server: SeaweedServer, **overrides: object) -> S3Settings:
+    values: dict[str, object] = {
+        "endpoint_url": server.endpoint,
+        "region": "us-east-1",
+        "path_style": True,
+        "access_key_id": ACCESS_KEY,
+        "secret_access_key": SECRET_KEY,
+        "request_timeout_s": 30.0,
+    }
+    values.update(overrides)
+    return S3Settings(**values)  # type: ignore[arg-type]
+
+
+async def make_bucket(server: SeaweedServer) -> str:
+    name = f"ferry-{uuid.uuid4().hex[:12]}"
+    session = AioSession()
+    async with session.create_client(
+        "s3",
+        endpoint_url=server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+    ) as client:
+        await client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+async def bucket(s3_server: SeaweedServer) -> str:
+    return await make_bucket(s3_server)
+
+
+@pytest.fixture(params=["local", "s3"])
+async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Repository]:
+    """An empty repository on each backend: a local directory, and a prefix in a fresh S3 bucket."""
+    if request.param == "local":
+        storage: LocalStorage | S3Storage = LocalStorage(str(tmp_path / "repo"))
+    else:
+        server: SeaweedServer = request.getfixturevalue("s3_server")
+        storage = await S3Storage.open(s3_settings_for(server), await make_bucket(server), "velero/ferry/app")
+    try:
+        yield Repository(storage)
+    finally:
+        await storage.aclose()
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real block device: a 48 MiB loop device over a file, torn down after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("loop devices need root")
+    backing = tmp_path / "loop-backing.img"
+    with backing.open("wb") as f:
+        f.truncate(48 * 1024 * 1024)
+    device = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True, timeout=30
+    ).stdout.strip()
+    try:
+        yield device, backing
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=False, timeout=30)

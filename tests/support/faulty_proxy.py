@@ -1,0 +1,75 @@
+"""An HTTP proxy on 127.0.0.1 in front of the real S3 server that can answer with errors or stall, so
+retries and timeouts are tested over the wire (the client signs for the proxy's address; the proxy
+forwards the request untouched, Host header included, so the server's signature check still passes)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
+
+SLOW_DOWN = (
+    '<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    "<Message>Please reduce your request rate.</Message></Error>"
+)
+
+
+@dataclass
+class FaultyProxy:
+    upstream: str
+    fail_next: int = 0
+    """Answer this many requests with 503 SlowDown."""
+    fail_status: int = 503
+    stall_next: int = 0
+    """Hold this many requests until the client gives up."""
+    requests: int = 0
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    _runner: web.AppRunner | None = None
+    _session: aiohttp.ClientSession | None = None
+    port: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> FaultyProxy:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        return self
+
+    async def stop(self) -> None:
+        self.released.set()
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return web.Response(status=self.fail_status, text=SLOW_DOWN, content_type="application/xml")
+        if self.stall_next > 0:
+            self.stall_next -= 1
+            await self.released.wait()
+        assert self._session is not None
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        async with self._session.request(
+            request.method, self.upstream + request.rel_url.raw_path_qs, headers=headers, data=body
+        ) as upstream:
+            payload = await upstream.read()
+            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP}
+            return web.Response(status=upstream.status, body=payload, headers=out_headers)

