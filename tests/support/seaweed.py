@@ -64,10 +64,17 @@ class SeaweedServer:
     data_dir: Path
     process: subprocess.Popen[bytes] | None = None
     s3_port: int = 0
+    tls: tuple[Path, Path] | None = None
+    """(certificate, key) PEM files: also serve S3 over HTTPS on ``https_port``."""
+    https_port: int = 0
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def https_endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
 
     def start(self, timeout_s: float = 30.0) -> SeaweedServer:
         sock = self.data_dir / "sock"
@@ -88,7 +95,7 @@ class SeaweedServer:
                 }
             )
         )
-        master, volume, filer, s3 = free_ports(4)
+        master, volume, filer, s3, https = free_ports(5)
         self.s3_port = s3
         args = [
             weed_binary(),
@@ -110,6 +117,9 @@ class SeaweedServer:
             f"-filer.localSocket={sock}/filer.sock",
             f"-s3.localSocket={sock}/s3.sock",
         ]
+        if self.tls is not None:
+            self.https_port = https
+            args += [f"-s3.cert.file={self.tls[0]}", f"-s3.key.file={self.tls[1]}", f"-s3.port.https={https}"]
         env = {**os.environ, "TMPDIR": str(sock)}
         out = (self.data_dir / "weed.out").open("wb")
         self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -139,3 +149,32 @@ class SeaweedServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 (openssl), for TLS tests."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
