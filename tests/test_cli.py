@@ -3,6 +3,7 @@ the standard AWS variables."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli import ProgressBar
 from tests.support.data import make_sample_tree, tree_differences, write_mixed_image
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
 
@@ -97,3 +99,23 @@ def test_missing_credentials_are_reported_without_a_traceback(s3_server: Seaweed
     assert result.returncode == 1
     assert "no S3 credentials" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_shows_throughput_and_eta_on_a_terminal_only() -> None:
+    term = _Terminal()
+    bar = ProgressBar("restore", term, interval_s=0.0)
+    bar(0, 4 * MiB)
+    bar(MiB, 4 * MiB)
+    bar(4 * MiB, 4 * MiB)
+    lines = term.getvalue().split("\r")
+    assert "1.00 MiB / 4.00 MiB  25.0%" in lines[2]
+    assert "/s  ETA " in lines[2]
+    assert term.getvalue().endswith("\n")
+    pipe = io.StringIO()
+    ProgressBar("restore", pipe, interval_s=0.0)(MiB, 4 * MiB)
+    assert pipe.getvalue() == ""

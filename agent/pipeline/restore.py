@@ -82,9 +82,9 @@ async def restore(
 ) -> RestoreResult:
     started = time.monotonic()
     manifest = await repo.read_manifest(snapshot_id)
-    _check_target_kind(manifest, target)
     stats = TransferStats()
     with WorkerPool(settings.worker_threads, "ferry-restore") as pool:
+        await pool.run(_check_target_kind, manifest, target)
         if manifest.mode == "block":
             plan = await pool.run(plan_block, manifest, settings)
             tracker = _Tracker(plan.total_bytes, progress)
