@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: all demo test lint typecheck layers unit clean
+.PHONY: all demo test lint typecheck layers unit system-deps clean
 
 all: test
 
@@ -31,7 +31,12 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(BIN)/lint-imports
 
-unit: $(STAMP)
+# losetup (loop-device tests) and openssl (a throwaway certificate for the TLS tests), from Debian if absent.
+system-deps:
+	@command -v losetup >/dev/null && command -v openssl >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux openssl; }
+
+unit: $(STAMP) system-deps
 	$(BIN)/pytest
 
 test: lint typecheck layers unit
