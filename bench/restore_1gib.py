@@ -25,9 +25,8 @@ from agent.repo.repository import Repository
 from agent.repo.writer import create_snapshot
 from agent.settings import MiB, RestoreSettings, SnapshotSettings, cpu_count
 from agent.storage.s3 import S3Storage
-from tests.conftest import make_bucket, s3_settings_for
 from tests.support.data import write_mixed_image
-from tests.support.seaweed import SeaweedServer
+from tests.support.seaweed import SeaweedServer, make_bucket, s3_settings_for
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -7,18 +7,15 @@ import asyncio
 import os
 import subprocess
 import threading
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from aiobotocore.session import AioSession
 
 from agent.repo.repository import Repository
-from agent.settings import S3Settings
 from agent.storage.local import LocalStorage
 from agent.storage.s3 import S3Storage
-from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
+from tests.support.seaweed import SeaweedServer, make_bucket, s3_settings_for
 
 
 @pytest.fixture(scope="session")
@@ -57,33 +54,6 @@ async def _no_leaked_tasks() -> AsyncIterator[None]:
     current = asyncio.current_task()
     leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
     assert not leftover, f"tasks still running after the test: {leftover}"
-
-
-def s3_settings_for(server: SeaweedServer, **overrides: object) -> S3Settings:
-    values: dict[str, object] = {
-        "endpoint_url": server.endpoint,
-        "region": "us-east-1",
-        "path_style": True,
-        "access_key_id": ACCESS_KEY,
-        "secret_access_key": SECRET_KEY,
-        "request_timeout_s": 30.0,
-    }
-    values.update(overrides)
-    return S3Settings(**values)  # type: ignore[arg-type]
-
-
-async def make_bucket(server: SeaweedServer) -> str:
-    name = f"ferry-{uuid.uuid4().hex[:12]}"
-    session = AioSession()
-    async with session.create_client(
-        "s3",
-        endpoint_url=server.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-    ) as client:
-        await client.create_bucket(Bucket=name)
-    return name
 
 
 @pytest.fixture

@@ -18,9 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.conftest import make_bucket
 from tests.support.data import make_sample_tree, tree_differences, write_mixed_image
-from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
+from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, make_bucket
 
 MiB = 1024 * 1024
 

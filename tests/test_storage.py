@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,8 @@ from agent.settings import s3_settings_from_env
 from agent.storage import open_storage, parse_repo_url
 from agent.storage.s3 import S3Storage
 from agent.storage.url import velero_repository_prefix
-from tests.conftest import make_bucket, s3_settings_for
 from tests.support.faulty_proxy import FaultyProxy
-from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
+from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, make_bucket, s3_settings_for
 
 
 async def test_objects_round_trip_with_ranges_and_listing(repo: Repository) -> None:
@@ -162,11 +162,20 @@ async def proxy(s3_server: SeaweedServer) -> AsyncIterator[FaultyProxy]:
         await p.stop()
 
 
+@asynccontextmanager
+async def through_proxy(server: SeaweedServer, proxy: FaultyProxy, **settings: object) -> AsyncIterator[S3Storage]:
+    """S3 storage on a fresh bucket, reached through the fault-injecting proxy."""
+    values: dict[str, object] = {"backoff_base_s": 0.01, **settings}
+    storage = await S3Storage.open(
+        s3_settings_for(server, endpoint_url=proxy.endpoint, **values), await make_bucket(server), "p"
+    )
+    async with storage:
+        yield storage
+
+
 async def test_transient_errors_are_retried(s3_server: SeaweedServer, proxy: FaultyProxy) -> None:
-    name = await make_bucket(s3_server)
-    settings = s3_settings_for(s3_server, endpoint_url=proxy.endpoint, max_attempts=4, backoff_base_s=0.01)
     retries: list[int] = []
-    async with await S3Storage.open(settings, name, "p") as storage:
+    async with through_proxy(s3_server, proxy, max_attempts=4) as storage:
         storage.on_retry = lambda op, key, attempt, err: retries.append(attempt)
         await storage.put("k", b"value")
         proxy.fail_next = 2
@@ -177,9 +186,7 @@ async def test_transient_errors_are_retried(s3_server: SeaweedServer, proxy: Fau
 async def test_persistent_transient_errors_give_up_after_max_attempts(
     s3_server: SeaweedServer, proxy: FaultyProxy
 ) -> None:
-    name = await make_bucket(s3_server)
-    settings = s3_settings_for(s3_server, endpoint_url=proxy.endpoint, max_attempts=3, backoff_base_s=0.01)
-    async with await S3Storage.open(settings, name, "p") as storage:
+    async with through_proxy(s3_server, proxy, max_attempts=3) as storage:
         proxy.fail_next = 100
         before = proxy.requests
         with pytest.raises(TransientStorageError):
@@ -188,9 +195,7 @@ async def test_persistent_transient_errors_give_up_after_max_attempts(
 
 
 async def test_permanent_errors_are_not_retried(s3_server: SeaweedServer, proxy: FaultyProxy) -> None:
-    name = await make_bucket(s3_server)
-    settings = s3_settings_for(s3_server, endpoint_url=proxy.endpoint, max_attempts=5, backoff_base_s=0.01)
-    async with await S3Storage.open(settings, name, "p") as storage:
+    async with through_proxy(s3_server, proxy, max_attempts=5) as storage:
         before = proxy.requests
         with pytest.raises(ObjectNotFound):
             await storage.get("missing")
@@ -198,9 +203,7 @@ async def test_permanent_errors_are_not_retried(s3_server: SeaweedServer, proxy:
 
 
 async def test_a_stalled_request_times_out(s3_server: SeaweedServer, proxy: FaultyProxy) -> None:
-    name = await make_bucket(s3_server)
-    settings = s3_settings_for(s3_server, endpoint_url=proxy.endpoint, max_attempts=1, request_timeout_s=0.5)
-    async with await S3Storage.open(settings, name, "p") as storage:
+    async with through_proxy(s3_server, proxy, max_attempts=1, request_timeout_s=0.5) as storage:
         proxy.stall_next = 1
         with pytest.raises(TransientStorageError, match=r"took longer than 0\.5 s"):
             await storage.get("k")

@@ -10,8 +10,7 @@ import pytest
 from agent.errors import StorageError
 from agent.settings import S3Settings
 from agent.storage.s3 import S3Storage
-from tests.conftest import make_bucket, s3_settings_for
-from tests.support.seaweed import SeaweedServer, self_signed_certificate
+from tests.support.seaweed import SeaweedServer, make_bucket, s3_settings_for, self_signed_certificate
 
 
 @pytest.fixture(scope="module")

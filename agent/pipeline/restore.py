@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from agent.errors import TargetError
 from agent.pipeline.block_target import BlockTarget
 from agent.pipeline.plan import Plan, plan_block, plan_tree
-from agent.pipeline.transfer import TransferStats, transfer
+from agent.pipeline.transfer import Sink, TransferStats, transfer
 from agent.pipeline.tree_target import TreeTarget
 from agent.repo.format import Manifest
 from agent.repo.repository import Repository
@@ -85,16 +85,12 @@ async def restore(
     stats = TransferStats()
     with WorkerPool(settings.worker_threads, "ferry-restore") as pool:
         await pool.run(_check_target_kind, manifest, target)
-        if manifest.mode == "block":
-            plan = await pool.run(plan_block, manifest, settings)
-            tracker = _Tracker(plan.total_bytes, progress)
-            tracker.advance(0)
-            await _restore_block(repo, manifest, plan, target, settings, pool, tracker, stats)
-        else:
-            plan = await pool.run(plan_tree, manifest, settings)
-            tracker = _Tracker(plan.total_bytes, progress)
-            tracker.advance(0)
-            await _restore_tree(repo, manifest, plan, target, settings, pool, tracker, stats)
+        block = manifest.mode == "block"
+        plan = await pool.run(plan_block if block else plan_tree, manifest, settings)
+        tracker = _Tracker(plan.total_bytes, progress)
+        tracker.advance(0)
+        run = _Run(repo, manifest, plan, settings, pool, tracker, stats)
+        await (_restore_block if block else _restore_tree)(run, target)
     if tracker.done != tracker.total:  # pragma: no cover - a planning bug, never a data condition
         raise TargetError(f"restore accounted for {tracker.done} of {tracker.total} bytes")
     result = RestoreResult(
@@ -117,42 +113,42 @@ async def restore(
     return result
 
 
-async def _restore_block(
-    repo: Repository,
-    manifest: Manifest,
-    plan: Plan,
-    path: str,
-    settings: RestoreSettings,
-    pool: WorkerPool,
-    tracker: _Tracker,
-    stats: TransferStats,
-) -> None:
-    target = await pool.run(BlockTarget.open, path, manifest.size, settings.sparse)
+@dataclass(frozen=True)
+class _Run:
+    """What the phases of one restore share."""
+
+    repo: Repository
+    manifest: Manifest
+    plan: Plan
+    settings: RestoreSettings
+    pool: WorkerPool
+    tracker: _Tracker
+    stats: TransferStats
+
+    async def transfer(self, sink: Sink) -> None:
+        await transfer(self.repo, self.plan, sink, self.settings, self.pool, self.tracker.advance, self.stats)
+
+
+async def _restore_block(run: _Run, path: str) -> None:
+    pool = run.pool
+    target = await pool.run(BlockTarget.open, path, run.manifest.size, run.settings.sparse)
     try:
-        for _, offset, length in plan.holes:
+        for _, offset, length in run.plan.holes:
             await pool.run(target.fill_hole, offset, length, pool.stop)
-            tracker.advance(length)
-        await transfer(repo, plan, target, settings, pool, tracker.advance, stats)
+            run.tracker.advance(length)
+        await run.transfer(target)
         await pool.run(target.flush)
     finally:
         target.close()
 
 
-async def _restore_tree(
-    repo: Repository,
-    manifest: Manifest,
-    plan: Plan,
-    path: str,
-    settings: RestoreSettings,
-    pool: WorkerPool,
-    tracker: _Tracker,
-    stats: TransferStats,
-) -> None:
-    target = await pool.run(TreeTarget.open, path, manifest)
+async def _restore_tree(run: _Run, path: str) -> None:
+    pool = run.pool
+    target = await pool.run(TreeTarget.open, path, run.manifest)
     try:
         await pool.run(target.prepare, pool.stop)
-        tracker.advance(sum(length for _, _, length in plan.holes))  # new files are sparse: holes are done
-        await transfer(repo, plan, target, settings, pool, tracker.advance, stats)
+        run.tracker.advance(sum(length for _, _, length in run.plan.holes))  # new files are sparse: holes are done
+        await run.transfer(target)
         await pool.run(target.apply_metadata, pool.stop)
         await pool.run(target.flush)
     finally:

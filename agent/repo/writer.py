@@ -14,7 +14,8 @@ import os
 import socket
 from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -281,26 +282,78 @@ async def create_snapshot(
     return result
 
 
-class _Window:
-    """Chunk pieces being made in the pool, consumed in the order they were started."""
+class _Stream:
+    """Pieces made in the pool, at most ``2 × threads`` in flight, taken in the order they were started.
 
-    def __init__(self, tg: asyncio.TaskGroup, pool: WorkerPool) -> None:
+    Each taken piece is turned into a value in the manifest's own encoding, a chunk table index (the
+    chunk stored first if new) or ``-length`` for a hole, and handed to ``place(tag, value)``.
+    """
+
+    def __init__(
+        self,
+        tg: asyncio.TaskGroup,
+        pool: WorkerPool,
+        table: _Table,
+        packer: _Packer,
+        total: int,
+        progress: Progress | None,
+        place: Callable[[int, int], None],
+    ) -> None:
         self._tg = tg
         self._pool = pool
-        self._limit = 2 * pool.threads
+        self._table = table
+        self._packer = packer
+        self._total = total
+        self._progress = progress
+        self._place = place
         self._tasks: deque[tuple[int, asyncio.Task[_Piece]]] = deque()
+        self.done = 0
+        self.holes = 0
 
-    async def push(self, tag: int, fn: Callable[..., _Piece], *args: Any) -> tuple[int, _Piece] | None:
-        """Start making a piece; returns the oldest finished one when the window is full."""
-        out = await self.pop() if len(self._tasks) >= self._limit else None
+    @property
+    def packs(self) -> int:
+        return self._packer.packs
+
+    async def add(self, tag: int, fn: Callable[..., _Piece], *args: Any) -> None:
+        """Start making a piece in the pool; first take the oldest one if the window is full."""
+        if len(self._tasks) >= 2 * self._pool.threads:
+            await self._take()
         self._tasks.append((tag, self._tg.create_task(self._pool.run(fn, *args))))
-        return out
 
-    async def pop(self) -> tuple[int, _Piece] | None:
-        if not self._tasks:
-            return None
+    async def drain(self) -> None:
+        while self._tasks:
+            await self._take()
+        await self._packer.seal()
+
+    async def _take(self) -> None:
         tag, task = self._tasks.popleft()
-        return tag, await task
+        piece = await task
+        if piece.id:
+            value = await self._table.resolve(piece, self._packer)
+        else:
+            value = -piece.length
+            self.holes += piece.length
+        self.done += piece.length
+        if self._progress:
+            self._progress(self.done, self._total)
+        self._place(tag, value)
+
+
+@asynccontextmanager
+async def _stream(
+    repo: Repository,
+    settings: SnapshotSettings,
+    table: _Table,
+    pool: WorkerPool,
+    total: int,
+    progress: Progress | None,
+    place: Callable[[int, int], None],
+) -> AsyncIterator[_Stream]:
+    """A stream whose pieces are all taken, and whose packs are all stored, when the block exits."""
+    async with task_group() as tg:
+        stream = _Stream(tg, pool, table, _Packer(repo, settings, tg, pool), total, progress, place)
+        yield stream
+        await stream.drain()
 
 
 async def _snapshot_block(
@@ -315,32 +368,15 @@ async def _snapshot_block(
     cs = settings.block_chunk_bytes
     level = settings.compression_level
     slots = array("q", [HOLE]) * (-(-size // cs))
-    holes = done = 0
+
+    def place(slot: int, value: int) -> None:
+        slots[slot] = value if value >= 0 else HOLE
+
     try:
-        async with task_group() as tg:
-            packer = _Packer(repo, settings, tg, pool)
-            window = _Window(tg, pool)
-
-            async def consume(item: tuple[int, _Piece] | None) -> None:
-                nonlocal holes, done
-                if item is None:
-                    return
-                slot, piece = item
-                if piece.id:
-                    slots[slot] = await table.resolve(piece, packer)
-                else:
-                    holes += piece.length
-                done += piece.length
-                if progress:
-                    progress(done, size)
-
+        async with _stream(repo, settings, table, pool, size, progress, place) as stream:
             for slot in range(len(slots)):
                 offset = slot * cs
-                length = min(cs, size - offset)
-                await consume(await window.push(slot, _read_block, fd, offset, length, table, level))
-            while (item := await window.pop()) is not None:
-                await consume(item)
-            await packer.seal()
+                await stream.add(slot, _read_block, fd, offset, min(cs, size - offset), table, level)
     finally:
         os.close(fd)
     packs, chunks = table.finish()
@@ -354,7 +390,7 @@ async def _snapshot_block(
         slots=slots,
         source=_source_info(source),
     )
-    return manifest, 0, [], holes, packer.packs
+    return manifest, 0, [], stream.holes, stream.packs
 
 
 async def _snapshot_tree(
@@ -369,25 +405,11 @@ async def _snapshot_tree(
     level = settings.compression_level
     total = sum(e.size for e in tree.entries if e.type == "file")
     contents: dict[int, list[int]] = {i: [] for i, e in enumerate(tree.entries) if e.type == "file"}
-    holes = done = 0
-    async with task_group() as tg:
-        packer = _Packer(repo, settings, tg, pool)
-        window = _Window(tg, pool)
 
-        async def consume(item: tuple[int, _Piece] | None) -> None:
-            nonlocal holes, done
-            if item is None:
-                return
-            index, piece = item
-            if piece.id:
-                contents[index].append(await table.resolve(piece, packer))
-            else:
-                contents[index].append(-piece.length)
-                holes += piece.length
-            done += piece.length
-            if progress:
-                progress(done, total)
+    def place(index: int, value: int) -> None:
+        contents[index].append(value)
 
+    async with _stream(repo, settings, table, pool, total, progress, place) as stream:
         for index, entry in enumerate(tree.entries):
             if entry.type != "file" or entry.size == 0:
                 continue
@@ -397,10 +419,7 @@ async def _snapshot_tree(
             else:
                 cuts = await pool.run(_cut_file, path, settings)
             for offset, length in cuts:
-                await consume(await window.push(index, _read_file, path, offset, length, table, level))
-        while (item := await window.pop()) is not None:
-            await consume(item)
-        await packer.seal()
+                await stream.add(index, _read_file, path, offset, length, table, level)
 
     entries: list[Entry] = []
     size = 0
@@ -425,4 +444,4 @@ async def _snapshot_tree(
     )
     if tree.skipped:
         log.warning("skipped %d special files (sockets, FIFOs, devices), e.g. %s", len(tree.skipped), tree.skipped[0])
-    return manifest, len(entries), tree.skipped, holes, packer.packs
+    return manifest, len(entries), tree.skipped, stream.holes, stream.packs

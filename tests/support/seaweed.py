@@ -18,8 +18,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from aiobotocore.session import AioSession
+
+from agent.settings import S3Settings
 
 ACCESS_KEY = "ferry-test-access"
 SECRET_KEY = "ferry-test-secret-key"
@@ -178,3 +183,30 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         timeout=60,
     )
     return cert, key
+
+
+def s3_settings_for(server: SeaweedServer, **overrides: object) -> S3Settings:
+    values: dict[str, object] = {
+        "endpoint_url": server.endpoint,
+        "region": "us-east-1",
+        "path_style": True,
+        "access_key_id": ACCESS_KEY,
+        "secret_access_key": SECRET_KEY,
+        "request_timeout_s": 30.0,
+    }
+    values.update(overrides)
+    return S3Settings(**values)  # type: ignore[arg-type]
+
+
+async def make_bucket(server: SeaweedServer) -> str:
+    name = f"ferry-{uuid.uuid4().hex[:12]}"
+    session = AioSession()
+    async with session.create_client(
+        "s3",
+        endpoint_url=server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+    ) as client:
+        await client.create_bucket(Bucket=name)
+    return name
