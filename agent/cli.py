@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 
 import uvloop
 
+from agent import logs
 from agent.errors import ConfigError, FerryError
 from agent.pipeline.restore import restore
 from agent.repo.repository import Repository
@@ -27,6 +29,7 @@ from agent.settings import (
     RestoreSettings,
     S3Settings,
     SnapshotSettings,
+    agent_settings_from_env,
     parse_size,
     s3_settings_from_env,
 )
@@ -91,8 +94,35 @@ def _add_repo_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferry", description="Verified, parallel volume snapshots and restores.")
-    parser.add_argument("--log-level", default=os.environ.get("FERRY_LOG_LEVEL", "warning"), help="default: warning")
+    parser.add_argument(
+        "--log-level", help="debug, info, warning or error (FERRY_LOG_LEVEL; default: warning, agent: info)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    agent = sub.add_parser(
+        "agent",
+        help="run the node agent (what the DaemonSet runs)",
+        description="Claim this node's DataDownloads and restore them. Every flag has a FERRY_* variable "
+        "(e.g. --node-name / FERRY_NODE_NAME); flags win. SIGTERM stops intake and records in-flight restores.",
+    )
+    agent.add_argument("--node-name", help="this node's name (FERRY_NODE_NAME, from the downward API); required")
+    agent.add_argument("--namespace", help="Velero's namespace (FERRY_NAMESPACE; default velero)")
+    agent.add_argument("--datamover", help="spec.datamover handled (FERRY_DATAMOVER; default ferry)")
+    agent.add_argument("--kubelet-root", help="kubelet root directory (FERRY_KUBELET_ROOT; default /var/lib/kubelet)")
+    agent.add_argument("--concurrency", type=int, help="restores at once on this node (FERRY_CONCURRENCY; default 1)")
+    agent.add_argument(
+        "--progress-interval", type=float, help="seconds between progress writes (FERRY_PROGRESS_INTERVAL; default 5)"
+    )
+    agent.add_argument("--http-address", help="address of /healthz, /readyz, /metrics (FERRY_HTTP_ADDRESS)")
+    agent.add_argument("--http-port", type=int, help="port of /healthz, /readyz, /metrics (FERRY_HTTP_PORT; 8080)")
+    agent.add_argument("--log-format", choices=("json", "text"), help="FERRY_LOG_FORMAT; default json")
+    agent.add_argument(
+        "--credentials-file", help="AWS credentials file if a BSL has no spec.credential (default /credentials/cloud)"
+    )
+    agent.add_argument(
+        "--shutdown-grace", type=float, help="seconds in-flight restores get after SIGTERM (FERRY_SHUTDOWN_GRACE; 20)"
+    )
+    agent.add_argument("--kubeconfig", help="kubeconfig file (KUBECONFIG; default: the in-cluster service account)")
 
     snap = sub.add_parser("snapshot", help="create, list and show snapshots").add_subparsers(
         dest="action", required=True
@@ -241,7 +271,40 @@ async def cmd_restore(args: argparse.Namespace) -> int:
     return await _with_repo(args, body)
 
 
+async def cmd_agent(args: argparse.Namespace) -> int:
+    from agent.app import Agent  # noqa: PLC0415 - the agent's dependencies load only for this command
+
+    settings = agent_settings_from_env(
+        os.environ,
+        node_name=args.node_name,
+        namespace=args.namespace,
+        datamover=args.datamover,
+        kubelet_root=args.kubelet_root,
+        concurrency=args.concurrency,
+        progress_interval_s=args.progress_interval,
+        http_address=args.http_address,
+        http_port=args.http_port,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        credentials_file=args.credentials_file,
+        shutdown_grace_s=args.shutdown_grace,
+        kubeconfig=args.kubeconfig,
+    )
+    logs.configure(settings.log_format, settings.log_level)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await Agent(settings).run(stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return 0
+
+
 COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    ("agent", None): cmd_agent,
     ("snapshot", "create"): cmd_snapshot_create,
     ("snapshot", "list"): cmd_snapshot_list,
     ("snapshot", "show"): cmd_snapshot_show,
@@ -252,7 +315,8 @@ COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], Coroutine[
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = args.log_level or os.environ.get("FERRY_LOG_LEVEL") or "warning"
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = COMMANDS[(args.command, getattr(args, "action", None))]
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

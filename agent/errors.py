@@ -17,9 +17,17 @@
     ├── TargetError                   the restore target cannot take this snapshot
     │   ├── TargetTooSmall            block target smaller than the snapshot
     │   └── UnsafePath                a path would leave the target or pass through a symlink
-    └── SourceError                   a snapshot source cannot be read or holds what we cannot store
+    ├── SourceError                   a snapshot source cannot be read or holds what we cannot store
+    ├── KubeError                     the Kubernetes API refused or failed a request
+    │   ├── KubeConflict              409: the object changed since it was read, or already exists
+    │   ├── KubeNotFound              404: the object (or its namespace) does not exist
+    │   └── KubeExpired               410: a resourceVersion is older than the server's history
+    ├── LocationError                 a BackupStorageLocation or its credentials cannot be used
+    ├── VolumeError                   the target volume cannot be found or used on this node
+    └── OperationTimeout              something outside the agent did not happen within operationTimeout
 
-Only botocore/aiohttp errors are translated (in ``agent.storage``); OS errors on the target are wrapped
+botocore/aiohttp errors are translated in ``agent.storage``, kubernetes_asyncio's in
+``agent.controller.kube``; OS errors on the target are wrapped
 in ``TargetError`` by the pipeline. Cancellation is never an error: it stays ``asyncio.CancelledError``.
 """
 
@@ -112,3 +120,36 @@ class UnsafePath(TargetError):
 
 class SourceError(FerryError):
     """A snapshot source cannot be read, or holds something we cannot store."""
+
+
+class KubeError(FerryError):
+    """The Kubernetes API refused or failed a request. ``status`` is the HTTP status (0: no answer)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+        self.transient = status in {0, 429} or status >= 500
+
+
+class KubeConflict(KubeError):
+    """409: the object changed since it was read (optimistic concurrency lost), or already exists."""
+
+
+class KubeNotFound(KubeError):
+    """404: the object or its namespace does not exist."""
+
+
+class KubeExpired(KubeError):
+    """410: the resourceVersion asked for is older than the server keeps; list again."""
+
+
+class LocationError(FerryError):
+    """A BackupStorageLocation is missing, malformed, of a provider Ferry cannot serve, or lacks credentials."""
+
+
+class VolumeError(FerryError):
+    """The target volume cannot be found or used on this node."""
+
+
+class OperationTimeout(FerryError):
+    """Something outside the agent (a volume, a transfer's progress) did not happen within the timeout."""

@@ -1,16 +1,18 @@
 """Every tunable of Ferry: frozen, documented dataclasses, parsed in this module and nowhere else.
 
 Each module is handed only its group: storage gets ``S3Settings``, the snapshot writer
-``SnapshotSettings``, the restore pipeline ``RestoreSettings``. Sizes are bytes, durations seconds.
-``parse_size`` and ``s3_settings_from_env`` are the only parsers; the command line calls them.
+``SnapshotSettings``, the restore pipeline ``RestoreSettings``, the node agent ``AgentSettings``. Sizes are
+bytes, durations seconds. ``parse_size``, ``parse_bool``, ``parse_duration``, ``s3_settings_from_env`` and
+``agent_settings_from_env`` are the only parsers; the command line and the controller call them.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Literal
 
 from agent.errors import ConfigError
 
@@ -38,6 +40,40 @@ def parse_bool(text: str, what: str) -> bool:
     if value in ("0", "false", "no", "off", ""):
         return False
     raise ConfigError(f"{what}: {text!r} is not a boolean (use true or false)")
+
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str, what: str) -> float:
+    """Seconds from a Go duration string as Kubernetes objects carry them ('10m0s', '1h30m', '1.5s', '0')."""
+    value = text.strip()
+    if value == "0":
+        return 0.0
+    if not value or _GO_DURATION.sub("", value) != "":
+        raise ConfigError(f"{what}: {text!r} is not a duration (examples: 10m0s, 1h, 90s)")
+    return sum(float(n) * _GO_UNITS[unit] for n, unit in _GO_DURATION.findall(value))
+
+
+def parse_positive_int(text: str, what: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{what}: {text!r} is not a whole number") from None
+    if value < 1:
+        raise ConfigError(f"{what}: {text!r} must be at least 1")
+    return value
+
+
+def parse_seconds(text: str, what: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ConfigError(f"{what}: {text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise ConfigError(f"{what}: {text!r} must be a positive number of seconds")
+    return value
 
 
 def cpu_count() -> int:
@@ -194,3 +230,94 @@ class RestoreSettings:
     @property
     def worker_threads(self) -> int:
         return self.threads or cpu_count()
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """How ``ferry agent`` (the DaemonSet's process) runs. Each field has an environment variable
+    ``FERRY_<FIELD>`` (e.g. ``FERRY_NODE_NAME``) and a flag (``--node-name``); flags win."""
+
+    node_name: str
+    """This node's name, from the downward API (``spec.nodeName``). Required."""
+    namespace: str = "velero"
+    """Velero's namespace: where DataDownloads, BackupStorageLocations and their Secrets live."""
+    datamover: str = "ferry"
+    """``spec.datamover`` value this agent handles; every other DataDownload is left untouched."""
+    kubelet_root: str = "/var/lib/kubelet"
+    """The kubelet's root directory as seen by the agent (the DaemonSet mounts it at the same path)."""
+    concurrency: int = 1
+    """Restores running at once on this node (Velero's ``loadConcurrency``); the rest wait Prepared."""
+    progress_interval_s: float = 5.0
+    """Seconds between ``status.progress`` writes while a restore runs."""
+    http_address: str = "0.0.0.0"  # noqa: S104 - a pod's probes and Prometheus reach it from outside
+    """Address of the /healthz, /readyz and /metrics server."""
+    http_port: int = 8080
+    """Port of the /healthz, /readyz and /metrics server (0: any free port, for tests)."""
+    log_format: Literal["json", "text"] = "json"
+    """``json``: one JSON object per line; ``text``: human-readable lines."""
+    log_level: str = "info"
+    """debug, info, warning or error."""
+    credentials_file: str = "/credentials/cloud"
+    """AWS shared-credentials file used when a BackupStorageLocation has no ``spec.credential``
+    (Velero mounts Secret ``cloud-credentials`` there)."""
+    shutdown_grace_s: float = 20.0
+    """After SIGTERM, seconds in-flight restores get to stop and record their state; keep it below the
+    pod's ``terminationGracePeriodSeconds``."""
+    volume_poll_interval_s: float = 2.0
+    """Seconds between checks for a target volume that is not mounted on the node yet."""
+    watch_timeout_s: float = 300.0
+    """Server-side timeout of one watch request; the agent then watches again from where it was."""
+    kubeconfig: str | None = None
+    """Path of a kubeconfig file; None: the in-cluster service account."""
+    restore: RestoreSettings = field(default_factory=RestoreSettings)
+    """Defaults for every restore; a DataDownload's ``spec.dataMoverConfig`` may override some."""
+
+    def __post_init__(self) -> None:
+        if not self.node_name:
+            raise ConfigError("the node name is required: set FERRY_NODE_NAME from the downward API (spec.nodeName)")
+        if not self.namespace or not self.datamover:
+            raise ConfigError("the namespace and the datamover name must not be empty")
+        if self.concurrency < 1:
+            raise ConfigError("concurrency must be at least 1")
+        for name in ("progress_interval_s", "shutdown_grace_s", "volume_poll_interval_s", "watch_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.log_format not in ("json", "text"):
+            raise ConfigError(f"log format {self.log_format!r} must be json or text")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log level {self.log_level!r} must be debug, info, warning or error")
+        if not 0 <= self.http_port <= 65535:
+            raise ConfigError(f"HTTP port {self.http_port} is out of range")
+
+
+_AGENT_PARSERS: dict[str, Callable[[str, str], object]] = {
+    "concurrency": parse_positive_int,
+    "http_port": lambda text, what: parse_positive_int(text, what) if text.strip() != "0" else 0,
+    "progress_interval_s": parse_seconds,
+    "shutdown_grace_s": parse_seconds,
+    "volume_poll_interval_s": parse_seconds,
+    "watch_timeout_s": parse_seconds,
+}
+
+
+def _env_name(field_name: str) -> str:
+    return "FERRY_" + field_name.removesuffix("_s").upper()
+
+
+def agent_settings_from_env(env: Mapping[str, str], **overrides: object) -> AgentSettings:
+    """Agent settings from ``FERRY_*`` variables (``KUBECONFIG`` for the kubeconfig), then overrides (flags)
+    on top; overrides whose value is None are ignored. Durations are seconds, e.g. FERRY_PROGRESS_INTERVAL=5."""
+    values: dict[str, object] = {}
+    for f in fields(AgentSettings):
+        if f.name == "restore":
+            continue
+        name = "KUBECONFIG" if f.name == "kubeconfig" else _env_name(f.name)
+        text = env.get(name)
+        if text is None or text == "":
+            continue
+        parser = _AGENT_PARSERS.get(f.name)
+        values[f.name] = parser(text, name) if parser is not None else text
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "node_name" not in values:
+        raise ConfigError("the node name is required: set FERRY_NODE_NAME from the downward API (spec.nodeName)")
+    return AgentSettings(**values)  # type: ignore[arg-type]

@@ -79,10 +79,13 @@ async def restore(
     target: str,
     settings: RestoreSettings,
     progress: Progress | None = None,
+    stats: TransferStats | None = None,
 ) -> RestoreResult:
+    """Restore ``snapshot_id`` onto ``target``. ``stats``, when given, is updated as the transfer goes
+    (for metrics that are read while it runs)."""
     started = time.monotonic()
     manifest = await repo.read_manifest(snapshot_id)
-    stats = TransferStats()
+    stats = stats if stats is not None else TransferStats()
     with WorkerPool(settings.worker_threads, "ferry-restore") as pool:
         await pool.run(_check_target_kind, manifest, target)
         block = manifest.mode == "block"

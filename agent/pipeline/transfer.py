@@ -38,6 +38,8 @@ class TransferStats:
     requests: int = 0
     refetches: int = 0
     verify_failures: int = 0
+    in_flight_bytes: int = 0
+    """Fetched (or being fetched) bytes not yet written: the byte budget in use."""
 
 
 class ByteBudget:
@@ -145,6 +147,7 @@ async def transfer(
 
     async def move(rng: FetchRange) -> None:
         held = await budget.acquire(rng.length)
+        stats.in_flight_bytes = budget.used
         try:
             try:
                 data = await fetch(rng.pack, rng.offset, rng.length)
@@ -162,6 +165,7 @@ async def transfer(
                 await refetch(rng, job, reason, attempt=1)
         finally:
             budget.release(held)
+            stats.in_flight_bytes = budget.used
 
     async def worker() -> None:
         for rng in ranges:

@@ -26,6 +26,10 @@ class FaultyProxy:
     fail_status: int = 503
     stall_next: int = 0
     """Hold this many requests until the client gives up."""
+    stall_ranged: bool = False
+    """Hold every ranged GET (a restore's pack reads) until ``released`` is set."""
+    holding: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once a request is being held."""
     requests: int = 0
     released: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
@@ -61,8 +65,9 @@ class FaultyProxy:
         if self.fail_next > 0:
             self.fail_next -= 1
             return web.Response(status=self.fail_status, text=SLOW_DOWN, content_type="application/xml")
-        if self.stall_next > 0:
-            self.stall_next -= 1
+        if self.stall_next > 0 or (self.stall_ranged and "Range" in request.headers):
+            self.stall_next = max(0, self.stall_next - 1)
+            self.holding.set()
             await self.released.wait()
         assert self._session is not None
         body = await request.read()

@@ -1,0 +1,260 @@
+"""The Kubernetes API as the controller uses it: a dozen calls, plain dicts in and out, our errors out.
+
+Every call goes through kubernetes_asyncio with ``_preload_content=False`` so that bodies stay JSON dicts
+(no model classes leak out) and every non-2xx answer becomes a ``KubeError`` subclass here, at the
+boundary. Custom-object patches are always JSON merge patches: kubernetes_asyncio's default for a dict
+body is a JSON patch, which a real API server rejects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client, config
+
+from agent.errors import KubeConflict, KubeError, KubeExpired, KubeNotFound
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+GROUP = "velero.io"
+DD_VERSION = "v2alpha1"
+DD_PLURAL = "datadownloads"
+BSL_VERSION = "v1"
+BSL_PLURAL = "backupstoragelocations"
+MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT_S = 30.0
+"""Bound on every non-watch request."""
+
+
+def _error(status: int, body: bytes, what: str) -> KubeError:
+    message = ""
+    try:
+        decoded = json.loads(body)
+        if isinstance(decoded, dict):
+            message = str(decoded.get("message", ""))
+    except ValueError:
+        message = body[:200].decode("utf-8", "replace")
+    text = f"{what}: HTTP {status}" + (f": {message}" if message else "")
+    if status == 409:
+        return KubeConflict(text, status)
+    if status == 404:
+        return KubeNotFound(text, status)
+    if status == 410:
+        return KubeExpired(text, status)
+    return KubeError(text, status)
+
+
+class Kube:
+    """The calls the controller makes, scoped to Velero's namespace where the object lives there."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self._api = api
+        self.namespace = namespace
+        self._custom = client.CustomObjectsApi(api)
+        self._core = client.CoreV1Api(api)
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | None, namespace: str) -> Kube:
+        """From a kubeconfig file, or the pod's service account when ``kubeconfig`` is None."""
+        configuration = client.Configuration()
+        try:
+            if kubeconfig:
+                await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+            else:
+                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except (config.ConfigException, OSError, ValueError) as e:
+            where = kubeconfig or "the in-cluster service account"
+            raise KubeError(f"cannot load Kubernetes credentials from {where}: {e}") from e
+        return cls(client.ApiClient(configuration), namespace)
+
+    async def aclose(self) -> None:
+        await self._api.close()
+
+    async def _call(self, what: str, request: Awaitable[Any]) -> Obj:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                resp: aiohttp.ClientResponse = await request
+                try:
+                    body = await resp.read()
+                finally:
+                    resp.release()
+        except TimeoutError as e:
+            raise KubeError(f"{what}: no answer within {REQUEST_TIMEOUT_S:g} s") from e
+        except aiohttp.ClientError as e:
+            raise KubeError(f"{what}: {type(e).__name__}: {e}") from e
+        if not 200 <= resp.status <= 299:
+            raise _error(resp.status, body, what)
+        decoded = json.loads(body) if body else {}
+        if not isinstance(decoded, dict):
+            raise KubeError(f"{what}: the API server answered {type(decoded).__name__}, not an object")
+        return decoded
+
+    # --- discovery -------------------------------------------------------------------------------------
+
+    async def has_status_subresource(self) -> bool:
+        """Whether DataDownloads have a ``/status`` endpoint (discovery lists ``datadownloads/status``)."""
+        found = await self._call(
+            f"discovery of {GROUP}/{DD_VERSION}",
+            self._api.call_api(
+                f"/apis/{GROUP}/{DD_VERSION}",
+                "GET",
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+            ),
+        )
+        names = {r.get("name") for r in found.get("resources", []) if isinstance(r, dict)}
+        if DD_PLURAL not in names:
+            raise KubeError(
+                f"the API server does not serve {DD_PLURAL}.{GROUP}/{DD_VERSION}: install Velero's CRDs first"
+            )
+        return f"{DD_PLURAL}/status" in names
+
+    # --- DataDownloads ---------------------------------------------------------------------------------
+
+    async def list_datadownloads(self) -> tuple[list[Obj], str]:
+        """Every DataDownload of the namespace (all pages), and the list's resourceVersion."""
+        items: list[Obj] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": 500}
+            if token:
+                kwargs["_continue"] = token
+            page = await self._call(
+                "list datadownloads",
+                self._custom.list_namespaced_custom_object(
+                    GROUP, DD_VERSION, self.namespace, DD_PLURAL, _preload_content=False, **kwargs
+                ),
+            )
+            items.extend(page.get("items") or [])
+            meta = page.get("metadata") or {}
+            token = meta.get("continue")
+            if not token:
+                return items, str(meta.get("resourceVersion", ""))
+
+    async def watch_datadownloads(self, resource_version: str, timeout_s: float) -> AsyncIterator[tuple[str, Obj]]:
+        """Events after ``resource_version`` until the server ends the watch. The first item is
+        ``("OPEN", {})`` once the server has accepted the watch; bookmarks come through as ``("BOOKMARK",
+        obj)`` so the caller can advance its resourceVersion. Raises KubeExpired on 410."""
+        try:
+            resp: aiohttp.ClientResponse = await self._custom.list_namespaced_custom_object(
+                GROUP,
+                DD_VERSION,
+                self.namespace,
+                DD_PLURAL,
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=int(timeout_s),
+                _preload_content=False,
+                _request_timeout=aiohttp.ClientTimeout(connect=REQUEST_TIMEOUT_S, sock_read=timeout_s + 30),
+            )
+        except aiohttp.ClientError as e:
+            raise KubeError(f"watch datadownloads: {type(e).__name__}: {e}") from e
+        try:
+            if resp.status != 200:
+                raise _error(resp.status, await resp.read(), "watch datadownloads")
+            yield "OPEN", {}
+            while True:
+                try:
+                    line = await resp.content.readline()
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    raise KubeError(f"watch datadownloads was cut: {type(e).__name__}: {e}") from e
+                if not line:
+                    return
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                    kind, obj = str(event.get("type", "")), event.get("object") or {}
+                except (ValueError, AttributeError) as e:
+                    raise KubeError(f"watch datadownloads sent something that is not an event: {line[:200]!r}") from e
+                if kind == "ERROR":
+                    code = int(obj.get("code", 0) or 0)
+                    raise _error(code, json.dumps(obj).encode(), "watch datadownloads")
+                yield kind, obj
+        finally:
+            resp.release()
+
+    async def get_datadownload(self, name: str) -> Obj:
+        return await self._call(
+            f"get datadownload {self.namespace}/{name}",
+            self._custom.get_namespaced_custom_object(
+                GROUP, DD_VERSION, self.namespace, DD_PLURAL, name, _preload_content=False
+            ),
+        )
+
+    async def patch_datadownload(self, name: str, patch: Obj, *, status: bool) -> Obj:
+        """A JSON merge patch, through ``/status`` when ``status`` is true."""
+        method = (
+            self._custom.patch_namespaced_custom_object_status
+            if status
+            else self._custom.patch_namespaced_custom_object
+        )
+        return await self._call(
+            f"update datadownload {self.namespace}/{name}",
+            method(
+                GROUP,
+                DD_VERSION,
+                self.namespace,
+                DD_PLURAL,
+                name,
+                patch,
+                _content_type=MERGE_PATCH,  # type: ignore[call-arg]
+                _preload_content=False,
+            ),
+        )
+
+    # --- what a restore needs --------------------------------------------------------------------------
+
+    async def get_bsl(self, name: str) -> Obj:
+        return await self._call(
+            f"get backupstoragelocation {self.namespace}/{name}",
+            self._custom.get_namespaced_custom_object(
+                GROUP, BSL_VERSION, self.namespace, BSL_PLURAL, name, _preload_content=False
+            ),
+        )
+
+    async def get_secret(self, name: str) -> Obj:
+        """A Secret of Velero's namespace (the agent may read no other)."""
+        return await self._call(
+            f"get secret {self.namespace}/{name}",
+            self._core.read_namespaced_secret(name, self.namespace, _preload_content=False),
+        )
+
+    async def get_pvc(self, namespace: str, name: str) -> Obj:
+        return await self._call(
+            f"get persistentvolumeclaim {namespace}/{name}",
+            self._core.read_namespaced_persistent_volume_claim(name, namespace, _preload_content=False),
+        )
+
+    async def get_pv(self, name: str) -> Obj:
+        return await self._call(
+            f"get persistentvolume {name}",
+            self._core.read_persistent_volume(name, _preload_content=False),
+        )
+
+    async def list_pods_on_node(self, namespace: str, node: str) -> list[Obj]:
+        found = await self._call(
+            f"list pods of {namespace} on node {node}",
+            self._core.list_namespaced_pod(namespace, field_selector=f"spec.nodeName={node}", _preload_content=False),
+        )
+        return list(found.get("items") or [])
+
+    async def create_event(self, event: Obj) -> None:
+        await self._call(
+            "create event",
+            self._core.create_namespaced_event(
+                self.namespace,
+                event,  # type: ignore[arg-type]
+                _preload_content=False,
+            ),
+        )

@@ -1,0 +1,65 @@
+"""Writing a DataDownload's status: optimistic concurrency, conflict retries, both CRD flavours.
+
+Every write is a JSON merge patch of ``status`` that carries the resourceVersion it was computed from,
+so the API server refuses it (409) if anyone wrote in between. On a conflict the object is read again
+and the change is computed afresh from it: fields others wrote survive, and a change that no longer
+applies (another agent claimed the object, Velero canceled it) is dropped instead of forced.
+
+Velero's own CRD has no ``/status`` subresource: status goes through the main resource. When discovery
+shows ``datadownloads/status``, status goes through it (a main-resource write would drop it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+from agent.controller.kube import Kube, Obj
+from agent.controller.objects import DataDownload
+from agent.errors import KubeConflict, KubeError, KubeNotFound
+
+log = logging.getLogger(__name__)
+
+Change = Callable[[DataDownload], Obj | None]
+"""Given the current object, the status fields to merge, or None when the change no longer applies."""
+
+MAX_CONFLICTS = 20
+MAX_TRANSIENT = 6
+
+
+class StatusWriter:
+    def __init__(self, kube: Kube, via_status_subresource: bool) -> None:
+        self._kube = kube
+        self.via_status_subresource = via_status_subresource
+
+    async def update(self, dd: DataDownload, change: Change) -> DataDownload | None:
+        """Apply ``change`` to ``dd`` (re-reading on conflict). Returns the object as written, or None
+        when the change no longer applies or the object is gone."""
+        current = dd
+        conflicts = transient = 0
+        while True:
+            fields = change(current)
+            if fields is None:
+                return None
+            patch = {"metadata": {"resourceVersion": current.resource_version}, "status": fields}
+            try:
+                written = await self._kube.patch_datadownload(current.name, patch, status=self.via_status_subresource)
+                return DataDownload.from_obj(written)
+            except KubeNotFound:
+                return None
+            except KubeConflict:
+                conflicts += 1
+                if conflicts >= MAX_CONFLICTS:
+                    raise
+                log.debug("conflict writing status, reading again", extra={"datadownload": dd.key})
+            except KubeError as e:
+                transient += 1
+                if not e.transient or transient >= MAX_TRANSIENT:
+                    raise
+                await asyncio.sleep(random.uniform(0, min(5.0, 0.2 * 2**transient)))  # noqa: S311
+            try:
+                current = DataDownload.from_obj(await self._kube.get_datadownload(dd.name))
+            except KubeNotFound:
+                return None

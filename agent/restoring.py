@@ -1,0 +1,84 @@
+"""The bridge from a controller's RestoreJob to the data path: open the repository the job's storage
+location names, restore through the pipeline, and feed the agent's metrics on the way."""
+
+from __future__ import annotations
+
+import time
+
+from agent.controller.jobs import Progress, RestoreJob
+from agent.errors import StorageError
+from agent.metrics import Metrics
+from agent.pipeline.restore import restore
+from agent.pipeline.transfer import TransferStats
+from agent.repo.repository import Repository
+from agent.storage.base import Storage
+from agent.storage.s3 import S3Storage
+from agent.storage.url import velero_repository_prefix
+
+
+class MeteredStorage(Storage):
+    """A storage whose ranged reads are timed into ``ferry_fetch_seconds``."""
+
+    def __init__(self, inner: Storage, metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    def describe(self) -> str:
+        return self._inner.describe()
+
+    async def get(self, key: str) -> bytes:
+        return await self._inner.get(key)
+
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        started = time.monotonic()
+        try:
+            return await self._inner.get_range(key, offset, length)
+        finally:
+            self._metrics.fetch_seconds.observe(time.monotonic() - started)
+
+    async def put(self, key: str, data: bytes) -> None:
+        await self._inner.put(key, data)
+
+    async def delete(self, key: str) -> None:
+        await self._inner.delete(key)
+
+    async def list(self, prefix: str) -> list[str]:
+        return await self._inner.list(prefix)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class DataPathRestorer:
+    """Implements ``agent.controller.jobs.Restorer`` with S3 storage and the restore pipeline."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._stats: dict[int, TransferStats] = {}
+        metrics.track_inflight(lambda: float(sum(s.in_flight_bytes for s in self._stats.values())))
+
+    def _on_retry(self, op: str, key: str, attempt: int, error: StorageError) -> None:
+        self._metrics.storage_retries.inc()
+
+    async def __call__(self, job: RestoreJob, progress: Progress) -> None:
+        loc = job.location
+        prefix = velero_repository_prefix(loc.prefix, job.source_namespace)
+        stats = TransferStats()
+        reported = 0
+
+        def on_progress(done: int, total: int) -> None:
+            nonlocal reported
+            if done > reported:
+                self._metrics.restored_bytes.inc(done - reported)
+                reported = done
+            progress(done, total)
+
+        s3 = await S3Storage.open(loc.s3, loc.bucket, prefix)
+        s3.on_retry = self._on_retry
+        self._stats[id(stats)] = stats
+        try:
+            async with MeteredStorage(s3, self._metrics) as storage:
+                await restore(Repository(storage), job.snapshot_id, job.target, job.settings, on_progress, stats)
+        finally:
+            del self._stats[id(stats)]
+            self._metrics.verification_failures.inc(stats.verify_failures)

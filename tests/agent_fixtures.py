@@ -1,0 +1,77 @@
+"""Fixtures for the agent's tests (imported by tests/conftest.py): a cluster on the strict API server with
+a BackupStorageLocation on the real S3 server, and snapshots of sample data in its repository."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.repo.repository import Repository
+from agent.repo.writer import create_snapshot
+from agent.settings import MiB, SnapshotSettings
+from agent.storage.s3 import S3Storage
+from agent.storage.url import velero_repository_prefix
+from tests.support.cluster import Cluster
+from tests.support.data import make_sample_tree, write_mixed_image
+from tests.support.kube import KubeServer, velero_crds
+from tests.support.seaweed import SeaweedServer, make_bucket, s3_settings_for
+
+
+async def make_cluster(kube: KubeServer, tmp_path: Path, s3_server: SeaweedServer) -> Cluster:
+    root = tmp_path / "kubelet"
+    root.mkdir()
+    cluster = Cluster(kube, root, kube.write_kubeconfig(tmp_path / "kubeconfig"))
+    cluster.bucket = await make_bucket(s3_server)
+    cluster.endpoint = s3_server.endpoint
+    return cluster
+
+
+@pytest.fixture
+async def cluster(kube: KubeServer, tmp_path: Path, s3_server: SeaweedServer) -> Cluster:
+    """Velero's CRD flavour (no /status), a credentials Secret and BSL ``default`` on SeaweedFS."""
+    c = await make_cluster(kube, tmp_path, s3_server)
+    c.add_credentials_secret()
+    c.add_bsl(credential={"name": "ferry-credentials", "key": "cloud"})
+    return c
+
+
+async def snapshot(
+    server: SeaweedServer, bucket: str, source: Path, namespace: str = "app", prefix: str = "backups"
+) -> str:
+    """Snapshot ``source`` into the repository Ferry uses for ``namespace`` under a BSL with ``prefix``."""
+    storage = await S3Storage.open(s3_settings_for(server), bucket, velero_repository_prefix(prefix, namespace))
+    try:
+        result = await create_snapshot(Repository(storage), str(source), SnapshotSettings())
+    finally:
+        await storage.aclose()
+    return result.snapshot_id
+
+
+@pytest.fixture
+async def tree_snapshot(cluster: Cluster, s3_server: SeaweedServer, tmp_path: Path) -> tuple[str, Path]:
+    """A sample directory tree (about 18 MB) and its snapshot ID."""
+    source = make_sample_tree(tmp_path / "source", big_file=6 * MiB)
+    return await snapshot(s3_server, cluster.bucket, source), source
+
+
+@pytest.fixture
+async def image_snapshot(cluster: Cluster, s3_server: SeaweedServer, tmp_path: Path) -> tuple[str, Path]:
+    """A 24 MiB mixed block image and its snapshot ID."""
+    image = write_mixed_image(tmp_path / "source.img", 24 * MiB, run=1 * MiB)
+    return await snapshot(s3_server, cluster.bucket, image), image
+
+
+@pytest.fixture
+async def kube() -> AsyncIterator[KubeServer]:  # TEMP until conftest has it
+    async with KubeServer(velero_crds()) as server:
+        server.create("namespaces", {"metadata": {"name": "velero"}})
+        yield server
+
+
+@pytest.fixture
+async def kube_status() -> AsyncIterator[KubeServer]:  # TEMP until conftest has it
+    async with KubeServer(velero_crds(status_subresource=True)) as server:
+        server.create("namespaces", {"metadata": {"name": "velero"}})
+        yield server

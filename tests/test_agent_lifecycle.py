@@ -1,0 +1,181 @@
+"""The node agent end to end: DataDownloads on the strict API server, volumes in a simulated kubelet root
+(block volumes on loop devices), snapshots on the real S3 server, restores through the real pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.agent_fixtures import make_cluster, snapshot
+from tests.support.cluster import NS, Cluster, agent_settings, metric, running_agent
+from tests.support.data import tree_differences
+from tests.support.kube import KubeServer
+from tests.support.seaweed import SeaweedServer
+
+LIFECYCLE = ["New", "Accepted", "Prepared", "InProgress", "Completed"]
+
+
+def assert_progress_exact(cluster: Cluster, name: str, total: int) -> None:
+    """bytesDone never goes down, never exceeds totalBytes, and equals it at Completed; totalBytes never
+    changes once set, and is set from InProgress on."""
+    done_seen, totals = [], set()
+    for revision in cluster.kube.history("datadownloads", name, NS):
+        status = revision.object.get("status") or {}
+        progress = status.get("progress") or {}
+        if "totalBytes" in progress:
+            totals.add(progress["totalBytes"])
+            done_seen.append(progress.get("bytesDone", 0))
+            assert progress.get("bytesDone", 0) <= progress["totalBytes"]
+            assert status["phase"] in ("InProgress", "Completed", "Canceling", "Canceled", "Failed")
+    assert totals == {total}
+    assert done_seen == sorted(done_seen), f"bytesDone went backwards: {done_seen}"
+    final = cluster.dd(name)["status"]
+    assert final["progress"] == {"totalBytes": total, "bytesDone": total}
+
+
+async def test_filesystem_volume_lifecycle(cluster: Cluster, tree_snapshot: tuple[str, Path]) -> None:
+    snapshot_id, source = tree_snapshot
+    [mount] = cluster.add_volume("app", "data", ["node-a"])
+    async with running_agent(agent_settings(cluster, "node-a")) as agent:
+        cluster.create_dd("restore-fs", snapshot_id, "data")
+        done = await cluster.wait_phase("restore-fs", "Completed", "Failed")
+        assert done["status"]["phase"] == "Completed", done["status"].get("message")
+        assert agent.server is not None
+        async with aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{agent.server.port}"
+            async with http.get(f"{base}/metrics") as resp:
+                metrics = await resp.text()
+            async with http.get(f"{base}/readyz") as resp:
+                assert resp.status == 200
+            async with http.get(f"{base}/healthz") as resp:
+                assert resp.status == 200
+
+    assert tree_differences(source, mount) == []
+    assert cluster.phases("restore-fs") == LIFECYCLE
+    status = done["status"]
+    assert status["acceptedByNode"] == "node-a"
+    assert status["node"] == "node-a"
+    for stamp in ("acceptedTimestamp", "startTimestamp", "completionTimestamp"):
+        assert status[stamp].endswith("Z")
+    assert status["startTimestamp"] <= status["completionTimestamp"]
+    total = status["progress"]["totalBytes"]
+    assert total > 0
+    assert_progress_exact(cluster, "restore-fs", total)
+    reasons = [e["reason"] for e in cluster.events_for("restore-fs")]
+    assert reasons == ["Accepted", "Started", "Completed"]
+    assert metric(metrics, "ferry_restores_finished_total", phase="Completed") == 1
+    assert metric(metrics, "ferry_restores_finished_total", phase="Failed") == 0
+    assert metric(metrics, "ferry_restored_bytes_total") == total
+    assert metric(metrics, "ferry_fetch_seconds_count") >= 1
+    assert metric(metrics, "ferry_chunk_verification_failures_total") == 0
+    assert metric(metrics, "ferry_storage_retries_total") == 0
+    assert metric(metrics, "ferry_inflight_bytes") == 0
+    assert metric(metrics, "ferry_restores", phase="InProgress") == 0
+
+
+@pytest.mark.root
+async def test_block_volume_lifecycle(
+    cluster: Cluster, image_snapshot: tuple[str, Path], loop_device: tuple[str, Path]
+) -> None:
+    snapshot_id, image = image_snapshot
+    device, backing = loop_device
+    backing.write_bytes(b"\xee" * backing.stat().st_size)  # a dirty device: every byte must be rewritten
+    cluster.add_volume("app", "disk", ["node-a"], mode="Block", device=device)
+    async with running_agent(agent_settings(cluster, "node-a")):
+        cluster.create_dd("restore-block", snapshot_id, "disk")
+        done = await cluster.wait_phase("restore-block", "Completed", "Failed")
+    assert done["status"]["phase"] == "Completed", done["status"].get("message")
+    restored = backing.read_bytes()
+    expected = image.read_bytes()
+    assert restored[: len(expected)] == expected
+    assert cluster.phases("restore-block") == LIFECYCLE
+    assert_progress_exact(cluster, "restore-block", len(expected))
+
+
+async def test_status_subresource_flavour(kube_status: KubeServer, tmp_path: Path, s3_server: SeaweedServer) -> None:
+    """With /status enabled (the reference page's CRD) status must go through /status: a main-resource
+    write would be dropped by the server and the DataDownload would never leave New."""
+    cluster = await make_cluster(kube_status, tmp_path, s3_server)
+    cluster.add_credentials_secret()
+    cluster.add_bsl(credential={"name": "ferry-credentials", "key": "cloud"})
+    source = tmp_path / "small"
+    source.mkdir()
+    (source / "hello.txt").write_text("hello\n")
+    snapshot_id = await snapshot(s3_server, cluster.bucket, source)
+    [mount] = cluster.add_volume("app", "data", ["node-a"])
+    async with running_agent(agent_settings(cluster, "node-a")):
+        cluster.create_dd("restore-status", snapshot_id, "data")
+        done = await cluster.wait_phase("restore-status", "Completed", "Failed")
+    assert done["status"]["phase"] == "Completed", done["status"].get("message")
+    assert (mount / "hello.txt").read_text() == "hello\n"
+    status_writes = [r for r in kube_status.requests if r.method == "PATCH" and r.path.endswith("/status")]
+    main_writes = [
+        r
+        for r in kube_status.requests
+        if r.method == "PATCH" and "/datadownloads/" in r.path and not r.path.endswith("/status")
+    ]
+    assert status_writes
+    assert not main_writes
+    assert cluster.phases("restore-status") == LIFECYCLE
+
+
+async def test_prepared_by_someone_else_on_this_node(cluster: Cluster, tree_snapshot: tuple[str, Path]) -> None:
+    """Case (a): another component exposed the volume here and wrote Prepared with status.node."""
+    snapshot_id, source = tree_snapshot
+    [mount] = cluster.add_volume("app", "data", ["node-a"])
+    cluster.create_dd(
+        "pre-prepared",
+        snapshot_id,
+        "data",
+        status={"phase": "Prepared", "node": "node-a", "acceptedByNode": "exposer"},
+    )
+    async with running_agent(agent_settings(cluster, "node-a")):
+        done = await cluster.wait_phase("pre-prepared", "Completed", "Failed")
+    assert done["status"]["phase"] == "Completed", done["status"].get("message")
+    assert cluster.phases("pre-prepared") == ["Prepared", "InProgress", "Completed"]
+    assert tree_differences(source, mount) == []
+
+
+async def test_exposer_pvc_in_velero_namespace_wins(cluster: Cluster, tree_snapshot: tuple[str, Path]) -> None:
+    """Velero's exposer convention: a PVC named after the DataDownload in Velero's namespace is the one to fill."""
+    snapshot_id, source = tree_snapshot
+    [exposed] = cluster.add_volume(NS, "restore-exposed", ["node-a"])
+    [target] = cluster.add_volume("app", "data", ["node-a"])
+    async with running_agent(agent_settings(cluster, "node-a")):
+        cluster.create_dd("restore-exposed", snapshot_id, "data")
+        done = await cluster.wait_phase("restore-exposed", "Completed", "Failed")
+    assert done["status"]["phase"] == "Completed", done["status"].get("message")
+    assert tree_differences(source, exposed) == []
+    assert list(target.iterdir()) == []
+
+
+async def test_other_datamovers_are_never_touched(cluster: Cluster, tree_snapshot: tuple[str, Path]) -> None:
+    snapshot_id, _ = tree_snapshot
+    cluster.add_volume("app", "data", ["node-a"])
+    cluster.add_volume("app", "other", ["node-a"])
+    cluster.add_volume("app", "builtin", ["node-a"])
+    async with running_agent(agent_settings(cluster, "node-a")):
+        cluster.create_dd("for-velero", snapshot_id, "other", datamover="velero")
+        cluster.create_dd("for-builtin", snapshot_id, "builtin", datamover="")
+        cluster.create_dd("for-ferry", snapshot_id, "data")
+        await cluster.wait_phase("for-ferry", "Completed")
+    for name in ("for-velero", "for-builtin"):
+        assert len(cluster.kube.history("datadownloads", name, NS)) == 1, f"{name} was written"
+        assert cluster.events_for(name) == []
+    writes = {r.path.rsplit("/", 1)[-1] for r in cluster.kube.requests if r.method in ("PATCH", "PUT")}
+    assert "for-velero" not in writes
+    assert "for-builtin" not in writes
+
+
+async def test_already_finished_datadownloads_are_left_alone(cluster: Cluster, tree_snapshot: tuple[str, Path]) -> None:
+    snapshot_id, _ = tree_snapshot
+    cluster.add_volume("app", "data", ["node-a"])
+    for phase in ("Completed", "Failed", "Canceled"):
+        cluster.create_dd(f"done-{phase.lower()}", snapshot_id, "data", status={"phase": phase, "node": "node-a"})
+    cluster.create_dd("fresh", snapshot_id, "data")
+    async with running_agent(agent_settings(cluster, "node-a")):
+        await cluster.wait_phase("fresh", "Completed")
+    for phase in ("Completed", "Failed", "Canceled"):
+        assert len(cluster.kube.history("datadownloads", f"done-{phase.lower()}", NS)) == 1
