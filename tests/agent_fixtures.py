@@ -15,6 +15,7 @@ from agent.storage.s3 import S3Storage
 from agent.storage.url import velero_repository_prefix
 from tests.support.cluster import Cluster
 from tests.support.data import make_sample_tree, write_mixed_image
+from tests.support.faulty_proxy import FaultyProxy
 from tests.support.kube import KubeServer, velero_crds
 from tests.support.seaweed import SeaweedServer, make_bucket, s3_settings_for
 
@@ -75,3 +76,29 @@ async def kube_status() -> AsyncIterator[KubeServer]:  # TEMP until conftest has
     async with KubeServer(velero_crds(status_subresource=True)) as server:
         server.create("namespaces", {"metadata": {"name": "velero"}})
         yield server
+
+
+@pytest.fixture
+async def proxy(s3_server: SeaweedServer) -> AsyncIterator[FaultyProxy]:
+    """A proxy in front of the S3 server that can hold a restore's reads (``stall_ranged``)."""
+    p = await FaultyProxy(s3_server.endpoint).start()
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+@pytest.fixture
+def slow_bsl(cluster: Cluster, proxy: FaultyProxy) -> str:
+    """BSL ``slow``: the same bucket, reached through ``proxy``."""
+    cluster.add_bsl("slow", endpoint=proxy.endpoint, credential={"name": "ferry-credentials", "key": "cloud"})
+    return "slow"
+
+
+@pytest.fixture
+async def tiny_snapshot(cluster: Cluster, s3_server: SeaweedServer, tmp_path: Path) -> tuple[str, Path]:
+    """One small file, for tests about the controller more than the data."""
+    source = tmp_path / "tiny"
+    source.mkdir()
+    (source / "note.txt").write_text("restored by ferry\n")
+    return await snapshot(s3_server, cluster.bucket, source), source

@@ -133,6 +133,10 @@ class Controller:
         wake.set()
         return wake
 
+    def worker(self, name: str) -> asyncio.Task[None] | None:
+        """The task handling ``name`` right now, if any."""
+        return self._workers.get(name)
+
     def latest(self, name: str) -> DataDownload | None:
         return self._latest.get(name)
 

@@ -8,7 +8,7 @@ import asyncio
 import base64
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -259,9 +259,14 @@ class CountingRestorer:
 
 
 @asynccontextmanager
-async def running_agent(settings: AgentSettings, restorer: Restorer | None = None) -> AsyncIterator[Agent]:
-    """An agent running in this event loop, watching before the body starts; stopped (SIGTERM's path) after."""
-    agent = Agent(settings, restorer)
+async def running_agent(
+    settings: AgentSettings, wrap: Callable[[Restorer], Restorer] | None = None
+) -> AsyncIterator[Agent]:
+    """An agent running in this event loop, watching before the body starts; stopped (SIGTERM's path) after.
+    ``wrap`` may wrap the agent's real data path (e.g. to count restores)."""
+    agent = Agent(settings)
+    if wrap is not None:
+        agent.restorer = wrap(agent.restorer)
     stop = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(agent.run(stop), name=f"agent {settings.node_name}")

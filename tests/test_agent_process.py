@@ -1,0 +1,122 @@
+"""``ferry agent`` as the DaemonSet runs it: a separate process, killed or terminated mid-restore, and the
+next agent on the node finishing the restore instead of abandoning it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from tests.support.cluster import NS, Cluster, agent_settings, running_agent
+from tests.support.data import tree_differences
+from tests.support.faulty_proxy import FaultyProxy
+from tests.support.seaweed import ACCESS_KEY, SECRET_KEY
+from tests.test_agent_lifecycle import LIFECYCLE, assert_progress_exact
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@asynccontextmanager
+async def agent_process(cluster: Cluster, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    env = dict(os.environ, FERRY_VOLUME_POLL_INTERVAL="0.05", FERRY_LOG_LEVEL="info", PYTHONPATH=str(ROOT))
+    with log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "agent",
+            "agent",
+            "--node-name=node-a",
+            f"--kubeconfig={cluster.kubeconfig}",
+            f"--kubelet-root={cluster.kubelet_root}",
+            "--http-address=127.0.0.1",
+            "--http-port=0",
+            "--progress-interval=0.05",
+            "--shutdown-grace=5",
+            f"--credentials-file={cluster.kubelet_root.parent / 'absent'}",
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def start_held_restore(cluster: Cluster, proxy: FaultyProxy, snapshot_id: str, bsl: str) -> None:
+    proxy.stall_ranged = True
+    cluster.create_dd("survivor", snapshot_id, "data", bsl=bsl)
+    await cluster.wait_phase("survivor", "InProgress", timeout=60)
+    async with asyncio.timeout(30):
+        await proxy.holding.wait()
+
+
+async def finish_in_a_new_agent(cluster: Cluster, proxy: FaultyProxy, source: Path, mount: Path) -> dict[str, object]:
+    proxy.stall_ranged = False
+    proxy.released.set()
+    async with running_agent(agent_settings(cluster, "node-a")):
+        done = await cluster.wait_phase("survivor", "Completed", "Failed", "Canceled")
+    status = done["status"]
+    assert status["phase"] == "Completed", status.get("message")
+    assert tree_differences(source, mount) == []
+    assert_progress_exact(cluster, "survivor", status["progress"]["totalBytes"])
+    return status
+
+
+async def test_killed_agent_restore_is_finished_by_the_next(
+    cluster: Cluster, tree_snapshot: tuple[str, Path], proxy: FaultyProxy, slow_bsl: str, tmp_path: Path
+) -> None:
+    snapshot_id, source = tree_snapshot
+    [mount] = cluster.add_volume("app", "data", ["node-a"])
+    async with agent_process(cluster, tmp_path / "agent.log") as proc:
+        await start_held_restore(cluster, proxy, snapshot_id, slow_bsl)
+        first_start = cluster.dd("survivor")["status"]["startTimestamp"]
+        proc.kill()
+        assert await proc.wait() == -signal.SIGKILL
+    status = await finish_in_a_new_agent(cluster, proxy, source, mount)
+    assert status["startTimestamp"] == first_start
+    assert cluster.phases("survivor") == LIFECYCLE
+    messages = [
+        (r.object.get("status") or {}).get("message") for r in cluster.kube.history("datadownloads", "survivor", NS)
+    ]
+    assert "restarted on node node-a after an interruption" in messages
+    reasons = [e["reason"] for e in cluster.events_for("survivor")]
+    assert reasons == ["Accepted", "Started", "Restarted", "Completed"]
+
+
+async def test_sigterm_records_the_interrupted_restore(
+    cluster: Cluster, tree_snapshot: tuple[str, Path], proxy: FaultyProxy, slow_bsl: str, tmp_path: Path
+) -> None:
+    snapshot_id, source = tree_snapshot
+    [mount] = cluster.add_volume("app", "data", ["node-a"])
+    log = tmp_path / "agent.log"
+    async with agent_process(cluster, log) as proc:
+        await start_held_restore(cluster, proxy, snapshot_id, slow_bsl)
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            assert await proc.wait() == 0
+    interrupted = cluster.dd("survivor")["status"]
+    assert interrupted["phase"] == "InProgress"
+    assert interrupted["message"].startswith("interrupted after ")
+    assert "the Ferry agent on node node-a is shutting down" in interrupted["message"]
+    assert [e["reason"] for e in cluster.events_for("survivor")][-1] == "Interrupted"
+
+    text = log.read_text()
+    assert SECRET_KEY not in text
+    assert ACCESS_KEY not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    about = [line for line in lines if line.get("datadownload") == f"{NS}/survivor"]
+    assert [line["msg"] for line in about][:2] == ["accepted", "starting"]
+    assert any(line["msg"] == "interrupted by shutdown" for line in about)
+    assert lines[-1]["msg"] == "agent stopped"
+
+    await finish_in_a_new_agent(cluster, proxy, source, mount)
+    assert cluster.phases("survivor") == LIFECYCLE
