@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: all demo test lint typecheck layers unit system-deps clean
+.PHONY: all demo test lint deploy-lint typecheck layers unit system-deps clean
 
 all: test
 
@@ -21,9 +21,13 @@ $(STAMP): pyproject.toml uv.lock
 demo: $(STAMP)
 	$(BIN)/python -m tests.demo
 
-lint: $(STAMP)
+lint: $(STAMP) deploy-lint
 	$(BIN)/ruff check agent tests bench
 	$(BIN)/ruff format --check agent tests bench
+
+# The image cannot be built here (no Docker): lint its Dockerfile. tests/test_deploy.py checks the manifests.
+deploy-lint: $(STAMP)
+	$(BIN)/hadolint --no-color --failure-threshold style Dockerfile
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -16,7 +16,7 @@ from agent.storage.url import velero_repository_prefix
 from tests.support.cluster import Cluster
 from tests.support.data import make_sample_tree, write_mixed_image
 from tests.support.faulty_proxy import FaultyProxy
-from tests.support.kube import KubeServer, velero_crds
+from tests.support.kube import KubeServer
 from tests.support.seaweed import SeaweedServer, make_bucket, s3_settings_for
 
 
@@ -62,20 +62,6 @@ async def image_snapshot(cluster: Cluster, s3_server: SeaweedServer, tmp_path: P
     """A 24 MiB mixed block image and its snapshot ID."""
     image = write_mixed_image(tmp_path / "source.img", 24 * MiB, run=1 * MiB)
     return await snapshot(s3_server, cluster.bucket, image), image
-
-
-@pytest.fixture
-async def kube() -> AsyncIterator[KubeServer]:  # TEMP until conftest has it
-    async with KubeServer(velero_crds()) as server:
-        server.create("namespaces", {"metadata": {"name": "velero"}})
-        yield server
-
-
-@pytest.fixture
-async def kube_status() -> AsyncIterator[KubeServer]:  # TEMP until conftest has it
-    async with KubeServer(velero_crds(status_subresource=True)) as server:
-        server.create("namespaces", {"metadata": {"name": "velero"}})
-        yield server
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 from agent.repo.repository import Repository
 from agent.storage.local import LocalStorage
 from agent.storage.s3 import S3Storage
+from tests.support.kube import KubeServer, velero_crds
 from tests.support.seaweed import SeaweedServer, make_bucket, s3_settings_for
 
 
@@ -90,3 +91,32 @@ def loop_device(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         yield device, backing
     finally:
         subprocess.run(["losetup", "--detach", device], check=False, timeout=30)
+
+
+pytest_plugins = ["tests.agent_fixtures"]
+
+
+async def _started_kube(status_subresource: bool) -> KubeServer:
+    server = await KubeServer(velero_crds(status_subresource=status_subresource)).start()
+    server.create("namespaces", {"metadata": {"name": "velero"}})
+    return server
+
+
+@pytest.fixture
+async def kube() -> AsyncIterator[KubeServer]:
+    """A started strict test apiserver with Velero's CRDs as Velero ships them, and namespace ``velero``."""
+    server = await _started_kube(status_subresource=False)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def kube_status() -> AsyncIterator[KubeServer]:
+    """Like ``kube``, but DataDownload has a ``/status`` subresource."""
+    server = await _started_kube(status_subresource=True)
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -3,7 +3,9 @@
 Generates a block image with zero runs and a directory tree, starts a SeaweedFS S3 server on 127.0.0.1,
 snapshots both with the ``ferry`` command line (configured only through the standard AWS variables),
 restores both, and verifies the results byte for byte and entry for entry (modes, owners, times,
-symlinks, hardlinks). ``--local`` uses a repository in a local directory instead of S3.
+symlinks, hardlinks). Then it runs ``ferry agent`` against the tests' stand-in Kubernetes API server,
+creates a DataDownload, prints its phases and progress until Completed, and verifies the volume the
+agent restored. ``--local`` uses a repository in a local directory instead of S3 (and skips the agent).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tests.demo_agent import run_agent_demo
 from tests.support.data import make_sample_tree, tree_differences, write_mixed_image
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, make_bucket
 
@@ -107,6 +110,12 @@ def main() -> int:
         if diffs:
             sys.exit("FAILED: the restored tree differs:\n  " + "\n  ".join(diffs[:20]))
         print("  directory tree: identical content, types, modes, owners, mtimes, symlinks and hardlinks")
+
+        if server is not None:
+            step("the node agent: a Velero DataDownload restored by `ferry agent`")
+            asyncio.run(run_agent_demo(server.endpoint, bucket, str(fs["snapshot_id"]), tree, work))
+        else:
+            step("the node agent part needs the S3 server: run without --local to see it")
 
         step("done")
         print(f"block snapshot:      {block['snapshot_id']}")

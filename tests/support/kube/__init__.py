@@ -1,0 +1,58 @@
+"""A small, strict Kubernetes API server for tests (aiohttp, in process, on 127.0.0.1).
+
+The agent reaches it through a kubeconfig (``KubeServer.write_kubeconfig``) with kubernetes_asyncio,
+exactly as it would reach a real cluster. ``tests/test_kube_contract*.py`` pins every rule below.
+
+Modelled
+    * Resources: the custom resources of the CRDs it is given (``velero_crds()`` or Velero's own YAML,
+      loaded by the caller), and core/v1 namespaces, secrets, pods, persistentvolumeclaims,
+      persistentvolumes and events. Verbs: list (per namespace and across namespaces), watch, get,
+      create, update, patch, delete; ``/status`` where the kind has it (CRDs: only when declared).
+    * Discovery: ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>``, ``/apis/<group>/<version>``,
+      ``/version``.
+    * Bearer-token authentication (401 otherwise). Every error body is a ``Status``.
+    * resourceVersions (one global counter, served as opaque strings), ``generation`` (custom resources:
+      1 on create, +1 on any change outside ``metadata``, status included unless there is a ``/status``
+      subresource), no-op updates that write nothing, server-set ``uid``/``creationTimestamp``/names from
+      ``generateName``, optimistic concurrency (PUT and merge-patch preconditions, delete preconditions).
+    * The status split: main writes keep ``.status``, ``/status`` writes take only ``.status``; built-ins
+      with a status get their initial phase on create (Pending; namespaces Active).
+    * Custom-resource schemas: unknown fields pruned (or 400 with ``fieldValidation=Strict``), defaults,
+      type/enum/required/nullable/format violations as 422 with ``details.causes``.
+    * Patches: merge-patch and JSON patch everywhere; strategic merge on built-ins only, modelled as a
+      merge patch that merges the usual keyed lists (see :mod:`.patches`).
+    * Finalizers (delete marks ``deletionTimestamp``; removing the last finalizer deletes), lists with
+      ``limit``/``continue`` served from a snapshot, label and field selectors, Secret ``data``/``stringData``,
+      the Event namespace rule.
+    * Watches: chunked JSON lines, synthetic ADDED from RV unset/"0", replay after a given RV, 410 as an
+      ERROR event once history is expired, BOOKMARKs with ``allowWatchBookmarks`` (every
+      ``bookmark_interval`` seconds when idle, or on ``send_bookmarks()``), ``timeoutSeconds``, selector
+      transitions as ADDED/DELETED.
+
+Refused loudly (an error naming what is not modelled, never a silent approximation)
+    server-side apply (415), protobuf/YAML/Table-only ``Accept`` (406), ``sendInitialEvents`` (watch-list),
+    ``dryRun``, ``resourceVersionMatch=Exact``, ``$``-directives of strategic merge other than the common
+    ones, watching a single object by its path (400), deletecollection (405), unknown paths (404).
+
+Test controls (Python, same rules as the HTTP verbs): ``create``/``get``/``update``/``patch``/``delete``/
+``list`` (updates and patches see the whole object, status included, like a controller with full rights),
+``history`` (every stored version, deletions included), ``wait_for``/``wait_gone``/``wait_for_watches``
+(woken by each write, never polling), ``fail_next`` (inject a Status error), ``requests`` (what was
+asked, and the answer's code), ``expire_history``, ``drop_watches``, ``send_bookmarks``, ``watch_count``.
+
+Modules: ``crds`` (Velero's CRDs in Python), ``resources`` (kinds, discovery, admission), ``schema``
+(prune/default/validate), ``meta`` (ObjectMeta), ``patches``, ``selectors``, ``store`` (write rules,
+history, snapshots), ``watches`` (subscriptions), ``handlers`` (HTTP routing and verbs), ``server``
+(``KubeServer``), ``kubeconfig``, ``clients`` (client helpers and sample objects for tests).
+
+Not modelled at all: admission webhooks, RBAC, garbage collection of owned objects, namespace
+termination, graceful pod deletion, the kubelet, scheduler and PV binder (tests play those through
+the Python controls: ``create``/``get``/``update``/``patch``/``delete``/``list``), managedFields.
+"""
+
+from .crds import velero_crds
+from .errors import KubeError
+from .server import KubeServer, RequestRecord
+from .watches import Revision
+
+__all__ = ["KubeError", "KubeServer", "RequestRecord", "Revision", "velero_crds"]

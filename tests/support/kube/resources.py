@@ -1,0 +1,213 @@
+"""The kinds this server serves: built-ins of core/v1 and the custom resources of the CRDs it is given,
+with their discovery documents and their admission rules (what a write must satisfy to be stored)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from . import schema
+from .errors import Cause, bad_request, invalid
+from .meta import prune_metadata, validate_metadata
+
+VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+STATUS_VERBS = ["get", "patch", "update"]
+_META_FIELDS = frozenset({"metadata.name", "metadata.namespace"})
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    has_status: bool
+    short_names: tuple[str, ...] = ()
+    schema: dict[str, Any] | None = None
+    extra_field_selectors: frozenset[str] = frozenset()
+
+    @property
+    def custom(self) -> bool:
+        return self.group != ""
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def qualified(self) -> str:
+        """How the apiserver names the resource in messages: ``datadownloads.velero.io``, ``secrets``."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    @property
+    def kind_group(self) -> str:
+        return f"{self.kind}.{self.group}" if self.group else self.kind
+
+    @property
+    def field_selectors(self) -> frozenset[str]:
+        return _META_FIELDS | self.extra_field_selectors
+
+    def discovery(self) -> list[dict[str, Any]]:
+        main: dict[str, Any] = {
+            "name": self.plural,
+            "singularName": self.kind.lower(),
+            "namespaced": self.namespaced,
+            "kind": self.kind,
+            "verbs": list(VERBS),
+        }
+        if self.short_names:
+            main["shortNames"] = list(self.short_names)
+        entries = [main]
+        if self.has_status:
+            status = {"name": f"{self.plural}/status", "singularName": "", "namespaced": self.namespaced}
+            entries.append({**status, "kind": self.kind, "verbs": list(STATUS_VERBS)})
+        return entries
+
+
+def _core(
+    plural: str,
+    kind: str,
+    *,
+    namespaced: bool = True,
+    status: bool = False,
+    short: tuple[str, ...] = (),
+    fields: str = "",
+) -> ResourceType:
+    return ResourceType("", "v1", plural, kind, namespaced, status, short, None, frozenset(fields.split()))
+
+
+BUILTINS = [
+    _core("namespaces", "Namespace", namespaced=False, status=True, short=("ns",), fields="status.phase"),
+    _core("secrets", "Secret", fields="type"),
+    _core(
+        "pods",
+        "Pod",
+        status=True,
+        short=("po",),
+        fields="spec.nodeName spec.restartPolicy spec.schedulerName spec.serviceAccountName spec.hostNetwork "
+        "status.phase status.podIP status.nominatedNodeName",
+    ),
+    _core("persistentvolumeclaims", "PersistentVolumeClaim", status=True, short=("pvc",)),
+    _core("persistentvolumes", "PersistentVolume", namespaced=False, status=True, short=("pv",)),
+    _core(
+        "events",
+        "Event",
+        short=("ev",),
+        fields="involvedObject.kind involvedObject.namespace involvedObject.name involvedObject.uid "
+        "involvedObject.apiVersion involvedObject.resourceVersion involvedObject.fieldPath reason "
+        "reportingComponent type",
+    ),
+]
+# What the apiserver's create strategies put in .status of these kinds (a client cannot set it).
+INITIAL_STATUS: dict[str, dict[str, Any]] = {
+    "namespaces": {"phase": "Active"},
+    "pods": {"phase": "Pending"},
+    "persistentvolumeclaims": {"phase": "Pending"},
+    "persistentvolumes": {"phase": "Pending"},
+}
+
+
+def from_crd(crd: dict[str, Any]) -> list[ResourceType]:
+    """One :class:`ResourceType` per served version of an apiextensions.k8s.io/v1 CRD (from any source)."""
+    if crd.get("apiVersion") != "apiextensions.k8s.io/v1" or crd.get("kind") != "CustomResourceDefinition":
+        raise ValueError(f"not an apiextensions.k8s.io/v1 CustomResourceDefinition: {crd.get('metadata')}")
+    spec = crd["spec"]
+    names = spec["names"]
+    types = []
+    for version in spec["versions"]:
+        if not version.get("served", True):
+            continue
+        types.append(
+            ResourceType(
+                group=spec["group"],
+                version=version["name"],
+                plural=names["plural"],
+                kind=names["kind"],
+                namespaced=spec["scope"] == "Namespaced",
+                has_status="status" in (version.get("subresources") or {}),
+                short_names=tuple(names.get("shortNames") or ()),
+                schema=copy.deepcopy(version["schema"]["openAPIV3Schema"]),
+            )
+        )
+    return types
+
+
+def _version_priority(version: str) -> tuple[int, int, int]:
+    """Kubernetes' version order: GA above beta above alpha, then the higher number first."""
+    for rank, marker in ((1, "beta"), (0, "alpha")):
+        major, found, minor = version[1:].partition(marker)
+        if found and major.isdigit() and minor.isdigit():
+            return rank, int(major), int(minor)
+    return (2, int(version[1:]), 0) if version[1:].isdigit() else (-1, 0, 0)
+
+
+def group_versions(types: list[ResourceType]) -> dict[str, list[str]]:
+    """group -> versions, preferred first."""
+    groups: dict[str, set[str]] = {}
+    for t in types:
+        if t.custom:
+            groups.setdefault(t.group, set()).add(t.version)
+    return {g: sorted(vs, key=_version_priority, reverse=True) for g, vs in groups.items()}
+
+
+def api_group(group: str, versions: list[str]) -> dict[str, Any]:
+    entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+    return {"name": group, "versions": entries, "preferredVersion": entries[0]}
+
+
+def resource_list(group_version: str, types: list[ResourceType]) -> dict[str, Any]:
+    resources = [entry for t in types if t.api_version == group_version for entry in t.discovery()]
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}
+
+
+def _admit_secret(obj: dict[str, Any], causes: list[Cause]) -> None:
+    data = obj.get("data") or {}
+    if not isinstance(data, dict):
+        causes.append(Cause("data", "FieldValueTypeInvalid", "Invalid value: must be a map"))
+        return
+    for key, value in data.items():
+        try:
+            if not isinstance(value, str):
+                raise ValueError("not a string")
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            message = f'Invalid value: "<secret contents redacted>": illegal base64 data: {exc}'
+            causes.append(Cause(f"data[{key}]", "FieldValueInvalid", message))
+    string_data = obj.pop("stringData", None) or {}
+    for key, value in string_data.items():
+        data[key] = base64.b64encode(str(value).encode()).decode()
+    if data:
+        obj["data"] = data
+    obj.setdefault("type", "Opaque")
+
+
+def _admit_event(obj: dict[str, Any], causes: list[Cause]) -> None:
+    namespace = obj["metadata"].get("namespace", "")
+    involved = (obj.get("involvedObject") or {}).get("namespace", "")
+    if (involved and involved != namespace) or (not involved and namespace not in ("", "default")):
+        message = f'Invalid value: "{involved}": does not match event.namespace'
+        causes.append(Cause("involvedObject.namespace", "FieldValueInvalid", message))
+
+
+def admit(rtype: ResourceType, obj: dict[str, Any], *, strict_fields: bool = False) -> dict[str, Any]:
+    """The object as it would be stored, or a 422 (400 for unknown fields under fieldValidation=Strict)."""
+    obj = copy.deepcopy(obj)
+    obj["metadata"] = prune_metadata(obj.get("metadata") or {})
+    causes = validate_metadata(obj["metadata"], dns_label=rtype.plural == "namespaces")
+    if rtype.schema is not None:
+        obj, dropped, schema_causes = schema.admit_custom(obj, rtype.schema)
+        if strict_fields and dropped:
+            raise bad_request("strict decoding error: " + ", ".join(f'unknown field "{p}"' for p in dropped))
+        causes += schema_causes
+    elif rtype.plural == "secrets":
+        _admit_secret(obj, causes)
+    elif rtype.plural == "events":
+        _admit_event(obj, causes)
+    if causes:
+        name = obj["metadata"].get("name") or obj["metadata"].get("generateName", "")
+        raise invalid(rtype.kind_group, name, causes)
+    return obj

@@ -1,0 +1,87 @@
+"""Our Python description of Velero's CRDs (tests/support/kube/crds.py) against Velero's own YAML files.
+
+Runs when ``shared/velero/crds`` sits beside the repository (as on the developers' machines and in CI);
+skips with the reason otherwise. Descriptions and printer columns are ignored; everything the server
+acts on is compared: scope, names, versions, subresources and, for every schema node, the property
+names, type, format, enum, required, nullable, additionalProperties, items and default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.kube import velero_crds
+
+VELERO_CRDS = Path(__file__).resolve().parents[2] / "shared/velero/crds"
+COMPARED = ("type", "format", "enum", "required", "nullable", "default")
+
+
+def velero_file(plural: str) -> dict[str, Any]:
+    if not VELERO_CRDS.is_dir():
+        pytest.skip(f"Velero's CRD files are not available at {VELERO_CRDS}; nothing to compare with")
+    path = VELERO_CRDS / f"velero.io_{plural}.yaml"
+    assert path.exists(), f"{path} is missing from Velero's CRDs"
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+    return loaded
+
+
+def ours(plural: str) -> dict[str, Any]:
+    return next(c for c in velero_crds() if c["spec"]["names"]["plural"] == plural)
+
+
+def schema_differences(mine: Any, theirs: Any, path: str = "") -> list[str]:
+    """Every difference between two schema nodes, ignoring descriptions, as readable lines."""
+    if not isinstance(mine, dict) or not isinstance(theirs, dict):
+        return [] if mine == theirs else [f"{path or '<root>'}: {mine!r} != {theirs!r}"]
+    found = [
+        f"{path or '<root>'}.{key}: ours {mine.get(key)!r}, Velero's {theirs.get(key)!r}"
+        for key in COMPARED
+        if mine.get(key) != theirs.get(key)
+    ]
+    found += [
+        f"{path or '<root>'}.{key}: ours {mine.get(key)!r}, Velero's {theirs.get(key)!r}"
+        for key in sorted(set(mine) | set(theirs))
+        if key.startswith("x-kubernetes-") and mine.get(key) != theirs.get(key)
+    ]
+    mine_props, their_props = mine.get("properties") or {}, theirs.get("properties") or {}
+    if set(mine_props) != set(their_props):
+        found.append(f"{path}: properties ours {sorted(mine_props)}, Velero's {sorted(their_props)}")
+    for key in sorted(set(mine_props) & set(their_props)):
+        found += schema_differences(mine_props[key], their_props[key], f"{path}.{key}" if path else key)
+    for key in ("additionalProperties", "items"):
+        if (key in mine) != (key in theirs):
+            found.append(f"{path}: {key} ours {mine.get(key)!r}, Velero's {theirs.get(key)!r}")
+        elif key in mine:
+            found += schema_differences(mine[key], theirs[key], f"{path}[{key}]")
+    return found
+
+
+def test_schema_differences_sees_what_matters_and_ignores_descriptions() -> None:
+    base = {"type": "object", "properties": {"a": {"type": "string", "description": "x"}}}
+    assert schema_differences(base, {**base, "description": "other"}) == []
+    changed = {"type": "object", "properties": {"a": {"type": "string", "format": "date-time"}}}
+    assert schema_differences(base, changed) == ["a.format: ours None, Velero's 'date-time'"]
+    extra = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}}}
+    assert len(schema_differences(base, extra)) == 1
+
+
+@pytest.mark.parametrize("plural", ["datadownloads", "backupstoragelocations"])
+def test_crd_matches_velero(plural: str) -> None:
+    theirs = velero_file(plural)
+    mine = ours(plural)
+    assert mine["apiVersion"] == theirs["apiVersion"]
+    assert mine["kind"] == theirs["kind"]
+    assert mine["metadata"]["name"] == theirs["metadata"]["name"]
+    for key in ("group", "scope", "names"):
+        assert mine["spec"][key] == theirs["spec"][key], key
+    assert [v["name"] for v in mine["spec"]["versions"]] == [v["name"] for v in theirs["spec"]["versions"]]
+    for my_version, their_version in zip(mine["spec"]["versions"], theirs["spec"]["versions"], strict=True):
+        for key in ("served", "storage", "subresources"):
+            assert my_version.get(key) == their_version.get(key), f"{my_version['name']}.{key}"
+        differences = schema_differences(
+            my_version["schema"]["openAPIV3Schema"], their_version["schema"]["openAPIV3Schema"]
+        )
+        assert differences == [], "\n".join(differences)
