@@ -143,3 +143,14 @@ async def test_invalid_operation_timeout(cluster: Cluster, tiny_snapshot: tuple[
     status, _ = await restore_once(cluster, "badtimeout", snapshot_id, timeout="soon")
     assert status["phase"] == "Failed"
     assert "spec.operationTimeout: 'soon' is not a duration" in status["message"]
+
+
+async def test_volume_plugin_without_a_known_layout_fails(cluster: Cluster, tiny_snapshot: tuple[str, Path]) -> None:
+    snapshot_id, _ = tiny_snapshot
+    cluster.add_volume("app", "nfs-claim", ["node-a"], plugin="nfs")
+    async with running_agent(agent_settings(cluster, "node-a")):
+        cluster.create_dd("on-nfs", snapshot_id, "nfs-claim")
+        done = await cluster.wait_phase("on-nfs", "Completed", "Failed", "Canceled")
+    assert done["status"]["phase"] == "Failed"
+    assert "uses a volume plugin whose place on the node Ferry does not know" in done["status"]["message"]
+    assert cluster.phases("on-nfs") == ["New", "Failed"]

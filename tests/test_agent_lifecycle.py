@@ -7,6 +7,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
 from tests.agent_fixtures import make_cluster, snapshot
 from tests.support.cluster import NS, Cluster, agent_settings, metric, running_agent
@@ -179,3 +180,27 @@ async def test_already_finished_datadownloads_are_left_alone(cluster: Cluster, t
         await cluster.wait_phase("fresh", "Completed")
     for phase in ("Completed", "Failed", "Canceled"):
         assert len(cluster.kube.history("datadownloads", f"done-{phase.lower()}", NS)) == 1
+
+
+async def test_against_velero_own_crd_files(tmp_path: Path, s3_server: SeaweedServer) -> None:
+    """The same lifecycle with the server built from the CRD files Velero ships, not our description."""
+    crd_dir = Path(__file__).resolve().parents[2] / "shared/velero/crds"
+    if not crd_dir.is_dir():
+        pytest.skip(f"Velero's CRD files are not available at {crd_dir}")
+    crds = [yaml.safe_load(p.read_text()) for p in sorted(crd_dir.glob("velero.io_*.yaml"))]
+    async with KubeServer(crds) as kube:
+        kube.create("namespaces", {"metadata": {"name": NS}})
+        cluster = await make_cluster(kube, tmp_path, s3_server)
+        cluster.add_credentials_secret()
+        cluster.add_bsl(credential={"name": "ferry-credentials", "key": "cloud"})
+        source = tmp_path / "small"
+        source.mkdir()
+        (source / "hello.txt").write_text("hello from velero's crds\n")
+        snapshot_id = await snapshot(s3_server, cluster.bucket, source)
+        [mount] = cluster.add_volume("app", "data", ["node-a"])
+        async with running_agent(agent_settings(cluster, "node-a")):
+            cluster.create_dd("restore-velero-crd", snapshot_id, "data")
+            done = await cluster.wait_phase("restore-velero-crd", "Completed", "Failed")
+        assert done["status"]["phase"] == "Completed", done["status"].get("message")
+        assert cluster.phases("restore-velero-crd") == LIFECYCLE
+    assert (mount / "hello.txt").read_text() == "hello from velero's crds\n"

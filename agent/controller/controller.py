@@ -163,6 +163,10 @@ class Controller:
                     log.warning(
                         "Kubernetes API error (%s); retrying in %.1f s", e, delay, extra={"datadownload": dd.key}
                     )
+                except Exception:
+                    failures += 1
+                    delay = min(300.0, 5.0 * 2**failures)
+                    log.exception("unexpected error; retrying in %.0f s", delay, extra={"datadownload": dd.key})
                 if delay is None:
                     if wake.is_set():
                         continue
@@ -326,6 +330,8 @@ class Controller:
         self.remember(written)
         self.metrics.finished.labels(phase).inc()
         level = logging.INFO if phase != FAILED else logging.WARNING
-        log.log(level, "%s: %s", phase.lower(), message, extra={"datadownload": dd.key, "phase": phase})
+        log.log(
+            level, "%s", f"{phase.lower()}: {message}" if message else phase.lower(), extra={"datadownload": dd.key}
+        )
         await self.events.record(written, phase, message, "Warning" if phase == FAILED else "Normal")
         return written

@@ -91,7 +91,10 @@ class Kube:
             raise KubeError(f"{what}: {type(e).__name__}: {e}") from e
         if not 200 <= resp.status <= 299:
             raise _error(resp.status, body, what)
-        decoded = json.loads(body) if body else {}
+        try:
+            decoded = json.loads(body) if body else {}
+        except ValueError as e:
+            raise KubeError(f"{what}: the API server's answer is not JSON") from e
         if not isinstance(decoded, dict):
             raise KubeError(f"{what}: the API server answered {type(decoded).__name__}, not an object")
         return decoded
