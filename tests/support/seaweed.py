@@ -114,6 +114,9 @@ class SeaweedServer:
             f"-filer.port={filer}",
             f"-s3.port={s3}",
             f"-s3.config={config}",
+            # Every test bucket is a collection with volumes of its own; the automatic limit runs out after
+            # a few dozen buckets ("No writable volumes and no free volumes left"). Volumes are not preallocated.
+            "-volume.max=4000",
             "-master.telemetry=false",
             "-admin.ui=false",
             "-webdav=false",
