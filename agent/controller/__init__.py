@@ -14,5 +14,6 @@ contract): restores are run through the ``Restorer`` interface the composition r
     events.py      Kubernetes Events
     slots.py       the node's concurrency limit
     progress.py    a running restore's progress figures
+    waiting.py     waiting on a worker's wake event with a deadline
     jobs.py        RestoreJob and the Restorer interface
 """
