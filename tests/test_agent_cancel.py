@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import NS, Cluster, agent_settings, running_agent
+from tests.support.cluster import NS, Cluster, agent_settings, running_agent, start_held_restore
 from tests.support.faulty_proxy import FaultyProxy
 
 
@@ -50,12 +50,8 @@ async def test_cancel_in_progress_stops_the_pipeline_within_two_seconds(
 ) -> None:
     snapshot_id, _ = tree_snapshot
     cluster.add_volume("app", "data", ["node-a"])
-    proxy.stall_ranged = True
     async with running_agent(agent_settings(cluster, "node-a")) as agent:
-        cluster.create_dd("busy", snapshot_id, "data", bsl=slow_bsl)
-        await cluster.wait_phase("busy", "InProgress")
-        async with asyncio.timeout(10):
-            await proxy.holding.wait()
+        await start_held_restore(cluster, proxy, "busy", snapshot_id, slow_bsl)
         asked = time.monotonic()
         cancel(cluster, "busy")
         done = await cluster.wait_phase("busy", "Canceled", "Failed", "Completed", timeout=5)
@@ -76,12 +72,8 @@ async def test_deleting_mid_restore_stops_it(
 ) -> None:
     snapshot_id, _ = tree_snapshot
     cluster.add_volume("app", "data", ["node-a"])
-    proxy.stall_ranged = True
     async with running_agent(agent_settings(cluster, "node-a")) as agent:
-        cluster.create_dd("doomed", snapshot_id, "data", bsl=slow_bsl)
-        await cluster.wait_phase("doomed", "InProgress")
-        async with asyncio.timeout(10):
-            await proxy.holding.wait()
+        await start_held_restore(cluster, proxy, "doomed", snapshot_id, slow_bsl)
         assert agent.controller is not None
         worker = agent.controller.worker("doomed")
         assert worker is not None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -95,20 +96,29 @@ async def test_block_volume_lifecycle(
     assert_progress_exact(cluster, "restore-block", len(expected))
 
 
-async def test_status_subresource_flavour(kube_status: KubeServer, tmp_path: Path, s3_server: SeaweedServer) -> None:
-    """With /status enabled (the reference page's CRD) status must go through /status: a main-resource
-    write would be dropped by the server and the DataDownload would never leave New."""
-    cluster = await make_cluster(kube_status, tmp_path, s3_server)
+async def restore_one_file(
+    kube: KubeServer, tmp_path: Path, s3_server: SeaweedServer, name: str, text: str
+) -> tuple[Cluster, dict[str, Any], Path]:
+    """On ``kube``: a BSL, a snapshot of one file ``hello.txt`` holding ``text``, a volume, and DataDownload
+    ``name`` restored by an agent. Returns the cluster, the finished object and the volume's path."""
+    cluster = await make_cluster(kube, tmp_path, s3_server)
     cluster.add_credentials_secret()
     cluster.add_bsl(credential={"name": "ferry-credentials", "key": "cloud"})
     source = tmp_path / "small"
     source.mkdir()
-    (source / "hello.txt").write_text("hello\n")
+    (source / "hello.txt").write_text(text)
     snapshot_id = await snapshot(s3_server, cluster.bucket, source)
     [mount] = cluster.add_volume("app", "data", ["node-a"])
     async with running_agent(agent_settings(cluster, "node-a")):
-        cluster.create_dd("restore-status", snapshot_id, "data")
-        done = await cluster.wait_phase("restore-status", "Completed", "Failed")
+        cluster.create_dd(name, snapshot_id, "data")
+        done = await cluster.wait_phase(name, "Completed", "Failed")
+    return cluster, done, mount
+
+
+async def test_status_subresource_flavour(kube_status: KubeServer, tmp_path: Path, s3_server: SeaweedServer) -> None:
+    """With /status enabled (the reference page's CRD) status must go through /status: a main-resource
+    write would be dropped by the server and the DataDownload would never leave New."""
+    cluster, done, mount = await restore_one_file(kube_status, tmp_path, s3_server, "restore-status", "hello\n")
     assert done["status"]["phase"] == "Completed", done["status"].get("message")
     assert (mount / "hello.txt").read_text() == "hello\n"
     status_writes = [r for r in kube_status.requests if r.method == "PATCH" and r.path.endswith("/status")]
@@ -190,17 +200,9 @@ async def test_against_velero_own_crd_files(tmp_path: Path, s3_server: SeaweedSe
     crds = [yaml.safe_load(p.read_text()) for p in sorted(crd_dir.glob("velero.io_*.yaml"))]
     async with KubeServer(crds) as kube:
         kube.create("namespaces", {"metadata": {"name": NS}})
-        cluster = await make_cluster(kube, tmp_path, s3_server)
-        cluster.add_credentials_secret()
-        cluster.add_bsl(credential={"name": "ferry-credentials", "key": "cloud"})
-        source = tmp_path / "small"
-        source.mkdir()
-        (source / "hello.txt").write_text("hello from velero's crds\n")
-        snapshot_id = await snapshot(s3_server, cluster.bucket, source)
-        [mount] = cluster.add_volume("app", "data", ["node-a"])
-        async with running_agent(agent_settings(cluster, "node-a")):
-            cluster.create_dd("restore-velero-crd", snapshot_id, "data")
-            done = await cluster.wait_phase("restore-velero-crd", "Completed", "Failed")
+        cluster, done, mount = await restore_one_file(
+            kube, tmp_path, s3_server, "restore-velero-crd", "hello from velero's crds\n"
+        )
         assert done["status"]["phase"] == "Completed", done["status"].get("message")
         assert cluster.phases("restore-velero-crd") == LIFECYCLE
     assert (mount / "hello.txt").read_text() == "hello from velero's crds\n"

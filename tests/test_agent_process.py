@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from tests.support.cluster import NS, Cluster, agent_settings, running_agent
+from tests.support.cluster import NS, Cluster, agent_settings, running_agent, start_held_restore
 from tests.support.data import tree_differences
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY
@@ -51,14 +51,6 @@ async def agent_process(cluster: Cluster, log: Path) -> AsyncIterator[asyncio.su
             await proc.wait()
 
 
-async def start_held_restore(cluster: Cluster, proxy: FaultyProxy, snapshot_id: str, bsl: str) -> None:
-    proxy.stall_ranged = True
-    cluster.create_dd("survivor", snapshot_id, "data", bsl=bsl)
-    await cluster.wait_phase("survivor", "InProgress", timeout=60)
-    async with asyncio.timeout(30):
-        await proxy.holding.wait()
-
-
 async def finish_in_a_new_agent(cluster: Cluster, proxy: FaultyProxy, source: Path, mount: Path) -> dict[str, object]:
     proxy.stall_ranged = False
     proxy.released.set()
@@ -77,7 +69,7 @@ async def test_killed_agent_restore_is_finished_by_the_next(
     snapshot_id, source = tree_snapshot
     [mount] = cluster.add_volume("app", "data", ["node-a"])
     async with agent_process(cluster, tmp_path / "agent.log") as proc:
-        await start_held_restore(cluster, proxy, snapshot_id, slow_bsl)
+        await start_held_restore(cluster, proxy, "survivor", snapshot_id, slow_bsl)
         first_start = cluster.dd("survivor")["status"]["startTimestamp"]
         proc.kill()
         assert await proc.wait() == -signal.SIGKILL
@@ -99,7 +91,7 @@ async def test_sigterm_records_the_interrupted_restore(
     [mount] = cluster.add_volume("app", "data", ["node-a"])
     log = tmp_path / "agent.log"
     async with agent_process(cluster, log) as proc:
-        await start_held_restore(cluster, proxy, snapshot_id, slow_bsl)
+        await start_held_restore(cluster, proxy, "survivor", snapshot_id, slow_bsl)
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
             assert await proc.wait() == 0

@@ -153,15 +153,6 @@ async def test_no_credentials_says_how_to_provide_them(s3_server: SeaweedServer,
             await storage.get("k")
 
 
-@pytest.fixture
-async def proxy(s3_server: SeaweedServer) -> AsyncIterator[FaultyProxy]:
-    p = await FaultyProxy(s3_server.endpoint).start()
-    try:
-        yield p
-    finally:
-        await p.stop()
-
-
 @asynccontextmanager
 async def through_proxy(server: SeaweedServer, proxy: FaultyProxy, **settings: object) -> AsyncIterator[S3Storage]:
     """S3 storage on a fresh bucket, reached through the fault-injecting proxy."""

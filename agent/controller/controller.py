@@ -80,7 +80,7 @@ class Controller:
 
     @property
     def ready(self) -> bool:
-        return self.watcher.ready and not self.shutdown.is_set()
+        return self.watcher.opened.is_set() and not self.shutdown.is_set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then stop intake and give in-flight restores the shutdown grace to
@@ -108,7 +108,7 @@ class Controller:
                     for task in late:
                         log.warning("worker %s did not stop within the shutdown grace", task.get_name())
                         task.cancel()
-        self.watcher.ready = False
+        self.watcher.opened.clear()
         log.info("agent stopped")
 
     # --- intake ----------------------------------------------------------------------------------------

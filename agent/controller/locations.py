@@ -115,17 +115,21 @@ class LocationResolver:
         )
         return StorageLocation(name, bucket, str(storage.get("prefix") or "").strip("/"), s3)
 
+    async def _secret_value(self, ref: Obj, role: str) -> tuple[bytes, str]:
+        """The bytes of the Secret key ``ref`` names (``{name, key}``), and how to name it in messages."""
+        secret_name, key = str(ref.get("name", "")), str(ref.get("key", ""))
+        where = f"Secret {self._kube.namespace}/{secret_name} key {key!r} ({role})"
+        try:
+            secret = await self._kube.get_secret(secret_name)
+        except KubeNotFound:
+            raise LocationError(f"{where} does not exist") from None
+        return _decode_secret_value(secret, key, where), where
+
     async def _credentials(self, spec: Obj, profile: str, what: str) -> tuple[str, str, str | None]:
         ref = spec.get("credential") or {}
         if ref:
-            secret_name, key = str(ref.get("name", "")), str(ref.get("key", ""))
-            where = f"Secret {self._kube.namespace}/{secret_name} key {key!r} (spec.credential of {what})"
-            try:
-                secret = await self._kube.get_secret(secret_name)
-            except KubeNotFound:
-                raise LocationError(f"{where} does not exist") from None
-            text = _decode_secret_value(secret, key, where).decode("utf-8", "replace")
-            return _parse_credentials(text, profile, where)
+            value, where = await self._secret_value(ref, f"spec.credential of {what}")
+            return _parse_credentials(value.decode("utf-8", "replace"), profile, where)
         try:
             text = _read_text(self._credentials_file)
         except FileNotFoundError:
@@ -138,13 +142,7 @@ class LocationResolver:
     async def _ca_bundle(self, storage: Obj, what: str) -> str | None:
         ref = storage.get("caCertRef") or {}
         if ref:
-            secret_name, key = str(ref.get("name", "")), str(ref.get("key", ""))
-            where = f"Secret {self._kube.namespace}/{secret_name} key {key!r} (caCertRef of {what})"
-            try:
-                secret = await self._kube.get_secret(secret_name)
-            except KubeNotFound:
-                raise LocationError(f"{where} does not exist") from None
-            pem = _decode_secret_value(secret, key, where)
+            pem, _ = await self._secret_value(ref, f"caCertRef of {what}")
         elif storage.get("caCert"):
             try:
                 pem = base64.b64decode(str(storage["caCert"]), validate=True)

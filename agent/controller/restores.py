@@ -180,14 +180,15 @@ async def _conclude(
             f"interrupted {at}: the Ferry agent on node {ctl.me} is shutting down; it restores this volume again "
             "from the start when it is back"
         )
-        written = await ctl.statuses.update(
-            dd,
-            lambda cur: (
-                {"message": message, "progress": {"totalBytes": total, "bytesDone": max(done, cur.bytes_done)}}
-                if cur.phase == IN_PROGRESS and cur.node == ctl.me and total
-                else ({"message": message} if cur.phase == IN_PROGRESS and cur.node == ctl.me else None)
-            ),
-        )
+        progress_fields = _progress_change(ctl.me, done, total)
+
+        def interrupted(cur: DataDownload) -> Obj | None:
+            fields = progress_fields(cur)  # None unless it is still ours and InProgress
+            if fields is not None and not total:
+                del fields["progress"]  # the restore stopped before it knew its size
+            return fields if fields is None else {"message": message, **fields}
+
+        written = await ctl.statuses.update(dd, interrupted)
         ctl.metrics.finished.labels("Interrupted").inc()
         log.info("interrupted by shutdown", extra={"datadownload": dd.key, "bytesDone": done})
         if written is not None:

@@ -29,10 +29,8 @@ class Watcher:
         self._timeout_s = timeout_s
         self._deliver = deliver
         self._known: set[str] = set()
-        self.ready = False
-        """True while a watch is established (what /readyz reports)."""
         self.opened = asyncio.Event()
-        """Set when a watch is established, cleared when it fails."""
+        """Set while a watch is established (what /readyz reports), cleared when it fails."""
         self.lists = 0
         """Full lists done (the first, then one per 410)."""
 
@@ -68,7 +66,6 @@ class Watcher:
                     self._relist(items)
                 async for kind, obj in self._kube.watch_datadownloads(rv, self._timeout_s):
                     if kind == "OPEN":
-                        self.ready = True
                         self.opened.set()
                         failures = 0
                         continue
@@ -79,7 +76,6 @@ class Watcher:
                 log.info("watch history expired; listing again", extra={"resourceVersion": rv})
                 rv = None
             except KubeError as e:
-                self.ready = False
                 self.opened.clear()
                 failures += 1
                 delay = random.uniform(0.5, 1.0) * min(30.0, 0.25 * 2 ** min(failures, 8))  # noqa: S311

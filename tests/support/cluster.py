@@ -10,7 +10,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.app import Agent
 from agent.controller.jobs import Progress, RestoreJob, Restorer
 from agent.settings import AgentSettings
+from tests.support.faulty_proxy import FaultyProxy
 from tests.support.kube import KubeServer
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY
 
@@ -283,5 +284,13 @@ async def running_agent(
                     await asyncio.wait([task])
 
 
-def with_overrides(settings: AgentSettings, **changes: Any) -> AgentSettings:
-    return replace(settings, **changes)
+async def start_held_restore(
+    cluster: Cluster, proxy: FaultyProxy, name: str, snapshot_id: str, bsl: str, **dd: Any
+) -> None:
+    """Create DataDownload ``name`` (PVC ``data``) whose restore's reads ``proxy`` holds; return once it is
+    InProgress and a read is being held."""
+    proxy.stall_ranged = True
+    cluster.create_dd(name, snapshot_id, "data", bsl=bsl, **dd)
+    await cluster.wait_phase(name, "InProgress", timeout=60)
+    async with asyncio.timeout(30):
+        await proxy.holding.wait()
