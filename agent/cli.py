@@ -26,6 +26,7 @@ from agent.pipeline.restore import restore
 from agent.repo.repository import Repository
 from agent.repo.writer import create_snapshot
 from agent.settings import (
+    MiB,
     RestoreSettings,
     S3Settings,
     SnapshotSettings,
@@ -147,10 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
     rst.add_argument("--snapshot", required=True, help="snapshot ID")
     rst.add_argument("target", help="block device or image file (block snapshots), directory (filesystem)")
     rst.add_argument("--sparse", action="store_true", help="the block device reads as zeros: skip its holes")
-    rst.add_argument("--reads", type=int, default=8, help="ranged GETs in flight (default 8)")
-    rst.add_argument("--range-size", default="8MiB", help="largest coalesced GET (default 8MiB)")
-    rst.add_argument("--memory", default="96MiB", help="fetched bytes held at once (default 96MiB)")
+    d = RestoreSettings()
+    rst.add_argument(
+        "--reads", type=int, default=d.reads_in_flight, help=f"ranged GETs in flight ({d.reads_in_flight})"
+    )
+    rst.add_argument(
+        "--range-size", default=f"{d.max_range_bytes // MiB}MiB", help="largest coalesced GET (%(default)s)"
+    )
+    rst.add_argument("--memory", default=f"{d.memory_bytes // MiB}MiB", help="fetched bytes held at once (%(default)s)")
     rst.add_argument("--threads", type=int, default=0, help="decode/verify/write threads (default: one per CPU)")
+    rst.add_argument(
+        "--direct-io",
+        action=argparse.BooleanOptionalAction,
+        default=RestoreSettings.direct_io,
+        help="write with O_DIRECT where it lines up, bypassing the page cache (default on)",
+    )
     return parser
 
 
@@ -255,6 +267,7 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         memory_bytes=max(parse_size(args.memory, "--memory"), range_bytes),
         threads=args.threads,
         sparse=args.sparse,
+        direct_io=args.direct_io,
     )
 
     async def body(repo: Repository) -> int:

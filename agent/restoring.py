@@ -36,6 +36,13 @@ class MeteredStorage(Storage):
         finally:
             self._metrics.fetch_seconds.observe(time.monotonic() - started)
 
+    async def get_range_into(self, key: str, offset: int, buffer: memoryview) -> None:
+        started = time.monotonic()
+        try:
+            await self._inner.get_range_into(key, offset, buffer)
+        finally:
+            self._metrics.fetch_seconds.observe(time.monotonic() - started)
+
     async def put(self, key: str, data: bytes) -> None:
         await self._inner.put(key, data)
 

@@ -213,6 +213,10 @@ class RestoreSettings:
     """Decompress/verify/write threads; 0 means one per CPU."""
     fetch_attempts: int = 3
     """Fetches of a chunk that fails decompression or verification before the restore fails."""
+    direct_io: bool = True
+    """Write restored data with O_DIRECT where it lines up (whole 4 KiB blocks), bypassing the page cache:
+    less CPU per GB and no cache pressure on the node. Falls back to plain writes where the filesystem
+    refuses it."""
     sparse: bool = False
     """The block target is known to read as zeros (a fresh volume): holes are skipped instead of
     zeroed. Velero's WriteSparseFiles. Regular-file targets always keep holes as holes."""
@@ -304,6 +308,23 @@ def _env_name(field_name: str) -> str:
     return "FERRY_" + field_name.removesuffix("_s").upper()
 
 
+# The restore tuning a node's agent applies to every restore (a DataDownload's dataMoverConfig may still
+# override it): FERRY_RESTORE_<NAME>.
+_RESTORE_ENV: dict[str, tuple[str, Callable[[str, str], object]]] = {
+    "FERRY_RESTORE_READS_IN_FLIGHT": ("reads_in_flight", parse_positive_int),
+    "FERRY_RESTORE_MAX_RANGE": ("max_range_bytes", parse_size),
+    "FERRY_RESTORE_MEMORY": ("memory_bytes", parse_size),
+    "FERRY_RESTORE_THREADS": ("threads", parse_positive_int),
+    "FERRY_RESTORE_DIRECT_IO": ("direct_io", parse_bool),
+}
+
+
+def restore_settings_from_env(env: Mapping[str, str]) -> RestoreSettings:
+    """Restore defaults from ``FERRY_RESTORE_*`` variables (sizes in binary units, e.g. ``16MiB``)."""
+    values = {name: parse(env[var], var) for var, (name, parse) in _RESTORE_ENV.items() if env.get(var, "").strip()}
+    return RestoreSettings(**values)  # type: ignore[arg-type]
+
+
 def agent_settings_from_env(env: Mapping[str, str], **overrides: object) -> AgentSettings:
     """Agent settings from ``FERRY_*`` variables (``KUBECONFIG`` for the kubeconfig), then overrides (flags)
     on top; overrides whose value is None are ignored. Durations are seconds, e.g. FERRY_PROGRESS_INTERVAL=5."""
@@ -317,6 +338,7 @@ def agent_settings_from_env(env: Mapping[str, str], **overrides: object) -> Agen
             continue
         parser = _AGENT_PARSERS.get(f.name)
         values[f.name] = parser(text, name) if parser is not None else text
+    values["restore"] = restore_settings_from_env(env)
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "node_name" not in values:
         raise ConfigError("the node name is required: set FERRY_NODE_NAME from the downward API (spec.nodeName)")

@@ -28,6 +28,23 @@ def test_environment_then_flags() -> None:
     assert s.datamover == "ferry"
     assert s.kubelet_root == "/var/lib/kubelet"
     assert s.credentials_file == "/credentials/cloud"
+    assert s.restore == RestoreSettings()
+
+
+def test_restore_tuning_for_the_whole_node_comes_from_the_environment() -> None:
+    env = {
+        "FERRY_NODE_NAME": "n",
+        "FERRY_RESTORE_READS_IN_FLIGHT": "24",
+        "FERRY_RESTORE_MAX_RANGE": "16MiB",
+        "FERRY_RESTORE_MEMORY": "512MiB",
+        "FERRY_RESTORE_THREADS": "6",
+        "FERRY_RESTORE_DIRECT_IO": "false",
+    }
+    r = agent_settings_from_env(env).restore
+    assert (r.reads_in_flight, r.max_range_bytes, r.memory_bytes, r.threads) == (24, 16 * MiB, 512 * MiB, 6)
+    assert r.direct_io is False
+    # A DataDownload's dataMoverConfig still overrides the node's defaults.
+    assert restore_settings_for({"ferry.readsInFlight": "4"}, r)[0].reads_in_flight == 4
 
 
 @pytest.mark.parametrize(
@@ -38,6 +55,9 @@ def test_environment_then_flags() -> None:
         ({"FERRY_NODE_NAME": "n", "FERRY_PROGRESS_INTERVAL": "soon"}, "is not a number of seconds"),
         ({"FERRY_NODE_NAME": "n", "FERRY_LOG_FORMAT": "xml"}, "log format 'xml' must be json or text"),
         ({"FERRY_NODE_NAME": "n", "FERRY_HTTP_PORT": "99999"}, "HTTP port 99999 is out of range"),
+        ({"FERRY_NODE_NAME": "n", "FERRY_RESTORE_DIRECT_IO": "maybe"}, "FERRY_RESTORE_DIRECT_IO"),
+        ({"FERRY_NODE_NAME": "n", "FERRY_RESTORE_MAX_RANGE": "32KiB"}, "max range must be >= 64 KiB"),
+        ({"FERRY_NODE_NAME": "n", "FERRY_RESTORE_READS_IN_FLIGHT": "0"}, "FERRY_RESTORE_READS_IN_FLIGHT"),
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str], message: str) -> None:
@@ -67,6 +87,7 @@ def test_data_mover_config_keys() -> None:
         "ferry.readsInFlight": "16",
         "ferry.memory": "256MiB",
         "ferry.maxRangeBytes": "4MiB",
+        "ferry.directIO": "false",
         "SomethingElse": "x",
     }
     settings, unknown = restore_settings_for(config, RestoreSettings())
@@ -75,5 +96,6 @@ def test_data_mover_config_keys() -> None:
     assert settings.reads_in_flight == 16
     assert settings.memory_bytes == 256 * MiB
     assert settings.max_range_bytes == 4 * MiB
+    assert settings.direct_io is False
     assert unknown == ["SomethingElse"]
     assert restore_settings_for({}, RestoreSettings()) == (RestoreSettings(), [])

@@ -6,6 +6,7 @@
     ferry.readsInFlight     integer ≥ 1  ranged GETs in flight (``reads_in_flight``)
     ferry.memory            size         fetched-but-unwritten bytes held at once (``memory_bytes``)
     ferry.maxRangeBytes     size         largest coalesced GET (``max_range_bytes``)
+    ferry.directIO          true/false   write with O_DIRECT where it lines up (``direct_io``)
 
 Sizes take binary units (``256MiB``). Unknown keys are returned so the caller can report them; an
 invalid value raises ConfigError, which fails the DataDownload before any byte is written.
@@ -26,6 +27,7 @@ _KEYS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "ferry.readsInFlight": ("reads_in_flight", parse_positive_int),
     "ferry.memory": ("memory_bytes", parse_size),
     "ferry.maxRangeBytes": ("max_range_bytes", parse_size),
+    "ferry.directIO": ("direct_io", parse_bool),
 }
 KNOWN_KEYS = frozenset(_KEYS)
 

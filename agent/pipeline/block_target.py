@@ -1,5 +1,6 @@
 """A block device or image file being restored. Blocking methods, called from worker threads.
 
+Data: written with O_DIRECT where it lines up and ``direct`` is asked for (see ``direct``).
 Holes: on a regular file they stay holes (a new file already reads as zeros; an existing one has them
 punched); on a block device they are zeroed with BLKZEROOUT (falling back to writing zeros) unless the
 caller says the device is fresh (``sparse``).
@@ -16,6 +17,7 @@ import struct
 import threading
 
 from agent.errors import TargetError, TargetTooSmall
+from agent.pipeline.direct import open_direct, pwrite_all, write_split
 
 BLKZEROOUT = 0x127F  # _IO(0x12, 127)
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -28,23 +30,19 @@ _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int6
 _fallocate.restype = ctypes.c_int
 
 
-def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        n = os.pwrite(fd, data, offset)
-        data = data[n:]
-        offset += n
-
-
 class BlockTarget:
-    def __init__(self, path: str, fd: int, is_device: bool, fresh: bool, sparse: bool) -> None:
+    def __init__(self, path: str, fd: int, is_device: bool, fresh: bool, sparse: bool, direct_fd: int = -1) -> None:
         self.path = path
         self.fd = fd
         self.is_device = is_device
         self.fresh = fresh
         self.sparse = sparse
+        self.direct_fd = direct_fd
+        """A second descriptor with O_DIRECT, or -1."""
+        self._direct_ok = direct_fd >= 0
 
     @classmethod
-    def open(cls, path: str, size: int, sparse: bool) -> BlockTarget:
+    def open(cls, path: str, size: int, sparse: bool, direct: bool = False) -> BlockTarget:
         """Open (or create, for an image file) the target; refuse it if it is smaller than ``size``."""
         fresh = False
         try:
@@ -67,14 +65,18 @@ class BlockTarget:
                     f"target {path!r} holds {have} bytes but the snapshot needs {size}: give the volume at "
                     "least the snapshot's size"
                 )
+            direct_fd = open_direct(fd, os.O_WRONLY) if direct else -1
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, stat.S_ISBLK(mode), fresh, sparse)
+        return cls(path, fd, stat.S_ISBLK(mode), fresh, sparse, direct_fd)
 
     def write(self, slot: int, offset: int, data: memoryview) -> None:
         try:
-            pwrite_all(self.fd, data, offset)
+            if self._direct_ok:
+                self._direct_ok = write_split(self.fd, self.direct_fd, data, offset)
+            else:
+                pwrite_all(self.fd, data, offset)
         except OSError as e:
             raise TargetError(f"writing {len(data)} bytes at {offset} of {self.path!r} failed: {e.strerror}") from e
 
@@ -118,4 +120,6 @@ class BlockTarget:
             raise TargetError(f"flushing {self.path!r} failed: {e.strerror}") from e
 
     def close(self) -> None:
+        if self.direct_fd >= 0:
+            os.close(self.direct_fd)
         os.close(self.fd)

@@ -134,7 +134,7 @@ class _Run:
 
 async def _restore_block(run: _Run, path: str) -> None:
     pool = run.pool
-    target = await pool.run(BlockTarget.open, path, run.manifest.size, run.settings.sparse)
+    target = await pool.run(BlockTarget.open, path, run.manifest.size, run.settings.sparse, run.settings.direct_io)
     try:
         for _, offset, length in run.plan.holes:
             await pool.run(target.fill_hole, offset, length, pool.stop)
@@ -147,7 +147,7 @@ async def _restore_block(run: _Run, path: str) -> None:
 
 async def _restore_tree(run: _Run, path: str) -> None:
     pool = run.pool
-    target = await pool.run(TreeTarget.open, path, run.manifest)
+    target = await pool.run(TreeTarget.open, path, run.manifest, run.settings.direct_io)
     try:
         await pool.run(target.prepare, pool.stop)
         run.tracker.advance(sum(length for _, _, length in run.plan.holes))  # new files are sparse: holes are done

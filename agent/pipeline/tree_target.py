@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from agent.errors import TargetError, UnsafePath
-from agent.pipeline.block_target import pwrite_all
+from agent.pipeline.direct import ALIGN, open_direct, pwrite_all, write_split
 from agent.pipeline.safefs import open_beneath, open_parent
 from agent.repo.format import Entry, Manifest, Meta, check_relative_path
 
@@ -31,15 +31,17 @@ T = TypeVar("T")
 
 
 class TreeTarget:
-    def __init__(self, path: str, root_fd: int, manifest: Manifest) -> None:
+    def __init__(self, path: str, root_fd: int, manifest: Manifest, direct: bool = False) -> None:
         self.path = path
         self.root_fd = root_fd
+        self.direct = direct
+        """Write whole aligned blocks with O_DIRECT; turned off if the filesystem refuses it."""
         self._manifest = manifest
         self._files = [e for e in manifest.entries if e.type == "file"]
         self._as_root = os.geteuid() == 0
 
     @classmethod
-    def open(cls, path: str, manifest: Manifest) -> TreeTarget:
+    def open(cls, path: str, manifest: Manifest, direct: bool = False) -> TreeTarget:
         try:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(path, 0o700)
@@ -48,7 +50,7 @@ class TreeTarget:
             raise TargetError(f"target {path!r} is not a directory; a filesystem snapshot restores into one") from None
         except OSError as e:
             raise TargetError(f"cannot open target directory {path!r}: {e.strerror}") from e
-        return cls(path, fd, manifest)
+        return cls(path, fd, manifest, direct)
 
     # --- phase 1 ----------------------------------------------------------------------------------------
     def prepare(self, stop: threading.Event) -> None:
@@ -150,11 +152,21 @@ class TreeTarget:
     def write(self, slot: int, offset: int, data: memoryview) -> None:
         entry = self._files[slot]
         fd = open_beneath(self.root_fd, entry.path, os.O_WRONLY)
+        direct_fd = -1
         try:
-            pwrite_all(fd, data, offset)
+            # A chunk holding at least one whole aligned block goes out with O_DIRECT (see ``direct``); the
+            # direct descriptor reopens the same file through /proc, not the path.
+            if self.direct and len(data) - (-offset % ALIGN) >= ALIGN:
+                direct_fd = open_direct(fd, os.O_WRONLY)
+            if direct_fd >= 0:
+                self.direct = write_split(fd, direct_fd, data, offset)
+            else:
+                pwrite_all(fd, data, offset)
         except OSError as e:
             raise TargetError(f"writing {entry.path!r} in {self.path!r} failed: {e.strerror}") from e
         finally:
+            if direct_fd >= 0:
+                os.close(direct_fd)
             os.close(fd)
 
     # --- phase 3 ----------------------------------------------------------------------------------------

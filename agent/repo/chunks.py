@@ -9,6 +9,7 @@ own zstd contexts.
 
 from __future__ import annotations
 
+import mmap
 import threading
 
 import blake3
@@ -49,15 +50,19 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dctx
 
 
-def decode_buffer(min_bytes: int) -> bytearray:
-    """This thread's reusable output buffer, grown to at least ``min_bytes`` (the largest chunk)."""
-    buf: bytearray | None = getattr(_local, "buf", None)
+def decode_buffer(min_bytes: int) -> memoryview:
+    """This thread's reusable output buffer, page-aligned (anonymous memory, for O_DIRECT writes) and
+    grown to at least ``min_bytes`` (the largest chunk plus any alignment padding)."""
+    buf: memoryview | None = getattr(_local, "buf", None)
     if buf is None or len(buf) < min_bytes:
-        buf = _local.buf = bytearray(min(max(min_bytes, 64 * 1024), MAX_CHUNK_BYTES))
+        size = -(-max(min_bytes, 64 * 1024) // mmap.PAGESIZE) * mmap.PAGESIZE
+        buf = _local.buf = memoryview(mmap.mmap(-1, size))
     return buf
 
 
-def decode_chunk(frame: memoryview, plain_len: int, expected_id: bytes, out: bytearray) -> memoryview | str:
+def decode_chunk(
+    frame: memoryview, plain_len: int, expected_id: bytes, out: bytearray | memoryview
+) -> memoryview | str:
     """Decompress and verify one stored chunk into ``out``.
 
     Returns a view of the plain bytes in ``out``, or a short reason why the chunk is bad. Never raises

@@ -64,7 +64,16 @@ class Repository:
         try:
             return await self.storage.get_range(pack_key(name), offset, length)
         except ObjectNotFound:
-            raise PackMissing(
-                f"pack {name} is missing from {self.describe()}: the repository is damaged; "
-                "restore from another snapshot"
-            ) from None
+            raise self._pack_missing(name) from None
+
+    async def read_pack_range_into(self, name: str, offset: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` with the pack's bytes from ``offset``."""
+        try:
+            await self.storage.get_range_into(pack_key(name), offset, buffer)
+        except ObjectNotFound:
+            raise self._pack_missing(name) from None
+
+    def _pack_missing(self, name: str) -> PackMissing:
+        return PackMissing(
+            f"pack {name} is missing from {self.describe()}: the repository is damaged; restore from another snapshot"
+        )

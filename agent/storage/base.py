@@ -32,6 +32,11 @@ class Storage(abc.ABC):
     async def get_range(self, key: str, offset: int, length: int) -> bytes:
         """Exactly ``length`` bytes from ``offset``. Raises ObjectNotFound, ObjectTruncated."""
 
+    async def get_range_into(self, key: str, offset: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` with the ``len(buffer)`` bytes from ``offset``. Raises as ``get_range``.
+        Backends that can receive straight into the buffer override this."""
+        buffer[:] = await self.get_range(key, offset, len(buffer))
+
     @abc.abstractmethod
     async def put(self, key: str, data: bytes) -> None:
         """Store an object atomically: readers see all of it or nothing."""

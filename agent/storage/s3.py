@@ -158,6 +158,34 @@ class S3Storage(Storage):
 
         return await self._call("GET", key, op)
 
+    async def get_range_into(self, key: str, offset: int, buffer: memoryview) -> None:
+        length = len(buffer)
+
+        async def op() -> None:
+            response = await self.client.get_object(
+                Bucket=self._bucket, Key=self._key(key), Range=f"bytes={offset}-{offset + length - 1}"
+            )
+            filled = 0
+            async with response["Body"] as body:
+                # Each readinto hands over one buffered network read: one copy, into memory we reuse.
+                while filled < length:
+                    n = await body.readinto(buffer[filled:])  # type: ignore[arg-type]
+                    if n == 0:
+                        break
+                    filled += n
+                extra = await body.read(1) if filled == length else b""
+            if filled != length:
+                raise ObjectTruncated(
+                    f"{key!r} in {self.describe()} ends before byte {offset + length} "
+                    f"(got {filled} of {length} bytes at {offset})"
+                )
+            if extra:
+                raise StorageError(
+                    f"{self.describe()} answered a ranged GET of {key!r} with more than the {length} bytes asked"
+                )
+
+        await self._call("GET", key, op)
+
     async def put(self, key: str, data: bytes) -> None:
         async def op() -> None:
             await self.client.put_object(Bucket=self._bucket, Key=self._key(key), Body=data)
