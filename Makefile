@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: all demo test lint deploy-lint typecheck layers unit system-deps clean
+.PHONY: all demo test lint deploy-lint typecheck layers unit system-deps bench bench-report clean
 
 all: test
 
@@ -35,15 +35,27 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(BIN)/lint-imports
 
-# losetup (loop-device tests) and openssl (a throwaway certificate for the TLS tests), from Debian if absent.
+# From Debian if absent: losetup (loop-device tests), openssl (a throwaway certificate for the TLS tests),
+# restic and casync (the tools the benchmark compares Ferry with; its smoke run is part of the tests).
 system-deps:
-	@command -v losetup >/dev/null && command -v openssl >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux openssl; }
+	@command -v losetup >/dev/null && command -v openssl >/dev/null && command -v restic >/dev/null && \
+		command -v casync >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux openssl restic casync; }
 
 unit: $(STAMP) system-deps
 	$(BIN)/pytest
 
 test: lint typecheck layers unit
+
+# The full benchmark (about 30 minutes, 25 GB of scratch space under /var/tmp): see docs/PERFORMANCE.md.
+bench: $(STAMP) system-deps
+	$(BIN)/python -m bench
+	$(BIN)/python -m bench.first_byte
+	$(BIN)/python -m bench.planning
+	$(BIN)/python -m bench.report
+
+bench-report: $(STAMP)
+	$(BIN)/python -m bench.report
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

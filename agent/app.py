@@ -16,6 +16,7 @@ from agent.metrics import Metrics
 from agent.restoring import DataPathRestorer
 from agent.server import HealthServer
 from agent.settings import AgentSettings
+from agent.storage.s3 import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         kube = await Kube.connect(s.kubeconfig, s.namespace)
+        await warm_up()  # botocore's S3 data, parsed before the first DataDownload needs it
         try:
             self.controller = Controller(kube, s, self.restorer, self.metrics)
             controller = self.controller

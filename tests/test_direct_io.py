@@ -131,7 +131,6 @@ def test_a_refused_direct_write_falls_back_to_a_plain_one(loop_4k: str, monkeypa
         assert f.read(2 * len(data)) == data + data
 
 
-
 def _resident_pages(path: Path) -> tuple[int, int]:
     """(pages of the file in the page cache, pages in all), from mincore(2)."""
     libc = ctypes.CDLL(None, use_errno=True)

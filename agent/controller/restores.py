@@ -168,6 +168,9 @@ async def _conclude(
     if reason == "ended elsewhere":
         log.info("stopped: someone else ended it", extra={"datadownload": dd.key})
         return
+    # Write from the latest state known (our progress writes included), not the one the restore started
+    # from, whose resourceVersion is stale: that would cost a refused write, a re-read and a second write.
+    dd = ctl.latest(dd.name) or dd
     if reason == "deleted":
         await ctl.finish(dd, CANCELED, f"the DataDownload was deleted; restore stopped {at}", IN_PROGRESS, CANCELING)
         log.info("restore stopped: the DataDownload was deleted", extra={"datadownload": dd.key})

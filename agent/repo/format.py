@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import json
 import re
 import struct
+import sys
 from array import array
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Literal, NamedTuple
 
 import blake3
@@ -60,7 +64,8 @@ def check_relative_path(path: str) -> str | None:
         return "NUL byte in path"
     if path.startswith("/"):
         return "absolute path"
-    if any(part in ("", ".", "..") for part in path.split("/")):
+    wrapped = f"/{path}/"
+    if "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
         return "'.', '..' or empty component"
     return None
 
@@ -73,15 +78,43 @@ class ChunkRecord(NamedTuple):
     plain: int
 
 
+class ChunkColumns(NamedTuple):
+    """The chunk table's numeric fields, one array each, indexed like the table."""
+
+    pack: array[int]
+    offset: array[int]
+    stored: array[int]
+    plain: array[int]
+
+
+# (field offset in a record, width, array type code) of pack, offset, stored and plain.
+_COLUMNS = ((32, 4, "I"), (36, 8, "Q"), (44, 4, "I"), (48, 4, "I"))
+_NATIVE_COLUMNS = all(array(code).itemsize == width for _, width, code in _COLUMNS)
+
+
+def _column(raw: bytes, n: int, at: int, width: int, code: str) -> array[int]:
+    """One little-endian field of every record, gathered by strided slices (no object per record)."""
+    size = CHUNK_RECORD.size
+    gathered = bytearray(n * width)
+    for k in range(width):
+        gathered[k::width] = raw[at + k :: size]
+    out = array(code)
+    out.frombytes(gathered)
+    if sys.byteorder == "big":  # pragma: no cover - the records are little-endian
+        out.byteswap()
+    return out
+
+
 class ChunkTable(Sequence[ChunkRecord]):
     """The chunk table, kept as its packed bytes (52 per chunk) and decoded on access."""
 
-    __slots__ = ("_raw",)
+    __slots__ = ("_columns", "_raw")
 
     def __init__(self, raw: bytes) -> None:
         if len(raw) % CHUNK_RECORD.size:
             raise ValueError("chunk table length is not a multiple of the record size")
         self._raw = raw
+        self._columns: ChunkColumns | None = None
 
     @classmethod
     def from_records(cls, records: Iterator[ChunkRecord] | Sequence[ChunkRecord]) -> ChunkTable:
@@ -90,6 +123,26 @@ class ChunkTable(Sequence[ChunkRecord]):
     @property
     def raw(self) -> bytes:
         return self._raw
+
+    def id(self, index: int) -> bytes:
+        """The ID of chunk ``index`` (0 <= index < len), without decoding the rest of its record."""
+        at = index * CHUNK_RECORD.size
+        return self._raw[at : at + 32]
+
+    def columns(self) -> ChunkColumns:
+        """Every record's pack, offset, stored and plain length as arrays (20 bytes per chunk, made
+        once and kept): what code that visits many chunks reads instead of a ChunkRecord each."""
+        if self._columns is None:
+            n = len(self)
+            if _NATIVE_COLUMNS:
+                cols = [_column(self._raw, n, at, width, code) for at, width, code in _COLUMNS]
+            else:  # pragma: no cover - platforms whose array item sizes differ
+                cols = [array(code) for _, _, code in _COLUMNS]
+                for rec in CHUNK_RECORD.iter_unpack(self._raw):
+                    for col, value in zip(cols, rec[1:], strict=True):
+                        col.append(value)
+            self._columns = ChunkColumns(*cols)
+        return self._columns
 
     def __len__(self) -> int:
         return len(self._raw) // CHUNK_RECORD.size
@@ -212,6 +265,18 @@ def _str(obj: dict[str, Any], key: str) -> str:
 def _meta(obj: Any, where: str) -> Meta:
     if not isinstance(obj, dict):
         raise _Invalid(f"{where} must be an object")
+    mode, uid, gid, mtime = obj.get("mode"), obj.get("uid"), obj.get("gid"), obj.get("mtime")
+    if (
+        type(mode) is int
+        and type(uid) is int
+        and type(gid) is int
+        and type(mtime) is int
+        and 0 <= mode <= 0o7777
+        and 0 <= uid <= 2**32 - 1
+        and 0 <= gid <= 2**32 - 1
+        and -(2**63) <= mtime <= 2**63 - 1
+    ):
+        return Meta(mode, uid, gid, mtime)
     return Meta(
         mode=_int(obj, "mode", 0, 0o7777),
         uid=_int(obj, "uid", 0, 2**32 - 1),
@@ -248,12 +313,27 @@ def decode_manifest(stored: bytes, snapshot_id: str) -> Manifest:
                 f"snapshot {snapshot_id} uses repository format {version[0]}.{version[1]}; this Ferry reads "
                 f"format {FORMAT_MAJOR}.x: upgrade Ferry to restore it"
             )
-        return _parse(stored[start:], version)
+        with _collector_paused():
+            return _parse(memoryview(stored)[start:], version)
     except _Invalid as e:
         raise ManifestInvalid(f"the manifest of snapshot {snapshot_id} is malformed: {e}") from None
 
 
-def _parse(frame: bytes, version: tuple[int, int]) -> Manifest:
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a manifest is parsed. Parsing makes millions of objects
+    (a filesystem's entries) that form no cycles; the collector would walk them again and again as they
+    accumulate, a third of the time a large manifest takes. Left off if something else turned it off."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _parse(frame: memoryview, version: tuple[int, int]) -> Manifest:
     try:
         plain_size = zstandard.frame_content_size(frame)
     except zstandard.ZstdError:
@@ -261,8 +341,12 @@ def _parse(frame: bytes, version: tuple[int, int]) -> Manifest:
     if not 0 <= plain_size <= MAX_MANIFEST_BYTES:
         raise _Invalid("its body does not declare a size within limits")
     try:
-        text = zstandard.ZstdDecompressor().decompress(frame, max_output_size=plain_size)
+        # Decoded to str as json.loads would, but here, so the bytes go before the JSON is parsed.
+        data = zstandard.ZstdDecompressor().decompress(frame, max_output_size=plain_size)
+        text = data.decode(json.detect_encoding(data), "surrogatepass")
+        del data
         body = json.loads(text)
+        del text
     except (zstandard.ZstdError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _Invalid(f"its body does not decode: {e}") from None
     if not isinstance(body, dict):
@@ -279,9 +363,8 @@ def _parse(frame: bytes, version: tuple[int, int]) -> Manifest:
         chunks = ChunkTable(base64.b64decode(_str(body, "chunks"), validate=True))
     except (binascii.Error, ValueError):
         raise _Invalid("'chunks' is not a base64 chunk table") from None
-    for i, rec in enumerate(chunks):
-        if rec.pack >= len(packs) or rec.stored == 0 or not 0 < rec.plain <= MAX_CHUNK_BYTES:
-            raise _Invalid(f"chunk {i} has an invalid pack index or length")
+    del body["chunks"]  # its text, a third larger than the table, is not kept while the rest is checked
+    _check_chunks(chunks, len(packs))
     common = {
         "size": size,
         "created": _str(body, "created"),
@@ -310,17 +393,52 @@ def _parse_block(body: dict[str, Any], common: dict[str, Any], chunks: ChunkTabl
     size: int = common["size"]
     if len(slots) != -(-size // chunk_size):
         raise _Invalid(f"{len(slots)} slots do not cover {size} bytes in {chunk_size}-byte chunks")
-    n = len(chunks)
-    last = len(slots) - 1
-    for i, c in enumerate(slots):
-        if c == HOLE:
-            continue
-        if not 0 <= c < n:
-            raise _Invalid(f"slot {i} names chunk {c}, not in the table")
-        want = size - i * chunk_size if i == last else chunk_size
-        if chunks[c].plain != want:
-            raise _Invalid(f"slot {i} needs {want} bytes but chunk {c} holds {chunks[c].plain}")
+    if not _slots_fit(slots, size, chunk_size, chunks):
+        plain = chunks.columns().plain
+        n = len(chunks)
+        last = len(slots) - 1
+        for i, c in enumerate(slots):
+            if c == HOLE:
+                continue
+            if not 0 <= c < n:
+                raise _Invalid(f"slot {i} names chunk {c}, not in the table")
+            want = size - i * chunk_size if i == last else chunk_size
+            if plain[c] != want:
+                raise _Invalid(f"slot {i} needs {want} bytes but chunk {c} holds {plain[c]}")
     return Manifest(mode="block", chunk_size=chunk_size, slots=slots, **common)
+
+
+def _check_chunks(chunks: ChunkTable, packs: int) -> None:
+    """Every record names a pack of the manifest and has lengths within limits. The whole table is
+    checked through its columns (no object per record); the first bad record is looked for only if
+    there is one."""
+    if not len(chunks):
+        return
+    pack, _, stored, plain = chunks.columns()
+    if max(pack) < packs and min(stored) > 0 and min(plain) > 0 and max(plain) <= MAX_CHUNK_BYTES:
+        return
+    for i in range(len(chunks)):
+        if pack[i] >= packs or stored[i] == 0 or not 0 < plain[i] <= MAX_CHUNK_BYTES:
+            raise _Invalid(f"chunk {i} has an invalid pack index or length")
+
+
+def _slots_fit(slots: array[int], size: int, chunk_size: int, chunks: ChunkTable) -> bool:
+    """Whether every slot is a hole or a chunk of the table holding exactly the slot's bytes: a full
+    chunk, or the volume's tail in the last slot. Checked without a loop over slots in Python."""
+    if not slots:
+        return True
+    n = len(chunks)
+    if min(slots) < HOLE or max(slots) >= n:
+        return False
+    plain = chunks.columns().plain
+    last = len(slots) - 1
+    tail = slots[last]
+    if tail != HOLE and plain[tail] != size - last * chunk_size:
+        return False
+    if plain.count(chunk_size) == n:
+        return True
+    short = {i for i, p in enumerate(plain) if p != chunk_size}
+    return short.isdisjoint(islice(slots, last))
 
 
 def _parse_filesystem(body: dict[str, Any], common: dict[str, Any], chunks: ChunkTable) -> Manifest:
@@ -329,10 +447,11 @@ def _parse_filesystem(body: dict[str, Any], common: dict[str, Any], chunks: Chun
     if not isinstance(raw_entries, list):
         raise _Invalid("a filesystem manifest needs an 'entries' list")
     n = len(chunks)
+    plain = chunks.columns().plain
     kinds: dict[str, EntryType] = {}
     entries: list[Entry] = []
     total = 0
-    for raw in raw_entries:
+    for i, raw in enumerate(raw_entries):
         if not isinstance(raw, dict):
             raise _Invalid("every entry must be an object")
         path = _str(raw, "path")
@@ -347,14 +466,14 @@ def _parse_filesystem(body: dict[str, Any], common: dict[str, Any], chunks: Chun
         kind = raw.get("type")
         if kind not in ENTRY_TYPES:
             raise _Invalid(f"entry {path!r} has unknown type {kind!r}")
-        meta = _meta(raw, f"entry {path!r}")
+        meta = _meta(raw, "an entry")  # (raw is an object: the name is never used)
         entry: Entry
         if kind == "file":
             size = _int(raw, "size")
             content = raw.get("content")
             if not isinstance(content, list) or not all(type(c) is int and -size <= c < n for c in content):
                 raise _Invalid(f"entry {path!r}: 'content' must list chunk indexes or negative hole lengths")
-            length = sum(-c if c < 0 else chunks[c].plain for c in content)
+            length = sum(-c if c < 0 else plain[c] for c in content)
             if length != size:
                 raise _Invalid(f"entry {path!r}: content adds up to {length} bytes, size says {size}")
             total += size
@@ -373,6 +492,7 @@ def _parse_filesystem(body: dict[str, Any], common: dict[str, Any], chunks: Chun
             entry = Entry(path, "dir", meta)
         kinds[path] = kind
         entries.append(entry)
+        raw_entries[i] = None  # the parsed JSON goes as the entries are made, not all at the end
     if total != common["size"]:
         raise _Invalid(f"files add up to {total} bytes, 'size' says {common['size']}")
     return Manifest(mode="filesystem", root=root, entries=tuple(entries), **common)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 import botocore.exceptions
+import botocore.loaders
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
@@ -70,6 +71,33 @@ _TRANSIENT_BOTOCORE = (
 RetryHook = Callable[[str, str, int, StorageError], None]
 
 
+_loader: botocore.loaders.Loader | None = None
+
+
+def _shared_loader() -> botocore.loaders.Loader:
+    """botocore's data files (the S3 model, endpoint rules), parsed once per process. Each new session
+    would parse them again: 50-150 ms of CPU before every restore's first request."""
+    global _loader  # noqa: PLW0603 - one cache per process, by design
+    if _loader is None:
+        _loader = botocore.loaders.create_loader()
+    return _loader
+
+
+async def warm_up() -> None:
+    """Parse botocore's S3 data now (a client is made and closed; nothing is sent), so that the first
+    restore starts as fast as the others."""
+    session = AioSession()
+    session.register_component("data_loader", _shared_loader())
+    async with session.create_client(
+        "s3",
+        endpoint_url="http://127.0.0.1:9",
+        region_name="us-east-1",
+        aws_access_key_id="warm-up",
+        aws_secret_access_key="warm-up",  # noqa: S106 - a placeholder; the client never sends a request
+    ):
+        pass
+
+
 class S3Storage(Storage):
     """Objects under ``s3://bucket/prefix/``. Create with ``await S3Storage.open(...)``."""
 
@@ -90,6 +118,7 @@ class S3Storage(Storage):
     async def _connect(self) -> None:
         s = self._settings
         session = AioSession(profile=s.profile) if s.profile else AioSession()
+        session.register_component("data_loader", _shared_loader())
         if s.credentials_file:
             session.set_config_variable("credentials_file", s.credentials_file)
         config = AioConfig(

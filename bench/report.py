@@ -1,0 +1,217 @@
+"""Turn the benchmark's JSON results into the tables in docs/PERFORMANCE.md and a throughput plot.
+
+    python -m bench.report [--results bench/results] [--doc docs/PERFORMANCE.md]
+
+Rewrites the part of the document between ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` and writes
+``bench/results/throughput.png``. Nothing else in the document is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+LABELS = {
+    "ferry": "Ferry",
+    "restic": "restic",
+    "casync": "casync",
+    "fetch": "ceiling: fetch only",
+    "memory": "ceiling: from memory",
+}
+WORKLOADS = {"block": "4 GiB block image", "tree": "tree of small + large files", "file": "one 4 GiB file"}
+
+
+def _mb(x: float) -> str:
+    return f"{x:.0f}"
+
+
+def _gbps(d: dict[str, Any]) -> str:
+    lo, hi = d["GBps_spread"]
+    return f"**{d['GBps']:.3f}** ({lo:.3f}–{hi:.3f})"
+
+
+def restore_tables(r: dict[str, Any]) -> list[str]:
+    m = r["machine"]
+    lines = [
+        f"Command: `{r.get('command', 'python -m bench')}` ({r['runs']} runs; medians, spread min–max of GB/s).",
+        f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_GiB']} GiB, Linux {m['kernel']}, Python {m['python']}, "
+        f"{m.get('restic', 'restic ?')}, {m.get('casync', 'casync ?')}.",
+        "",
+    ]
+    for name, w in r["workloads"].items():
+        lines += [
+            f"#### {WORKLOADS.get(name, name)} ({w['bytes'] / 1e9:.2f} GB restored)",
+            "",
+            "| tool | wall s | GB/s (spread) | CPU s/GB | peak RSS MiB | timed part: GB/s | CPU s/GB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for tool, d in w["tools"].items():
+            p = d["process"]
+            inner = d.get("inner")
+            tail = f"{inner['GBps']:.3f} | {inner['cpu_s_per_GB']:.2f}" if inner else "– | –"
+            lines.append(
+                f"| {LABELS.get(tool, tool)} | {p['wall_s']:.2f} | {_gbps(p)} | {p['cpu_s_per_GB']:.2f} | "
+                f"{_mb(p['peak_rss_MiB'])} | {tail} |"
+            )
+        ra = w["ratios"]
+        parts = [
+            f"Ferry ÷ {peer}: **{ra[f'ferry_vs_{peer}']:.1f}×**"
+            for peer in ("restic", "casync")
+            if f"ferry_vs_{peer}" in ra
+        ]
+        parts += [
+            f"Ferry ÷ lower ceiling: **{ra['ferry_vs_lower_ceiling']:.0%}**",
+            f"CPU per GB ÷ from-memory: **{ra['cpu_per_GB_vs_memory']:.2f}×**",
+        ]
+        lines += ["", "; ".join(parts) + ".", ""]
+    rss = r.get("rss_by_volume_size")
+    if rss:
+        lines += [
+            f"Ferry's peak RSS: {rss['small_peak_rss_MiB']:.0f} MiB restoring {rss['small_bytes'] / 2**30:.0f} GiB, "
+            f"{rss['large_peak_rss_MiB']:.0f} MiB restoring {rss['large_bytes'] / 2**30:.0f} GiB "
+            f"({rss['growth']:+.0%}).",
+            "",
+        ]
+    backup = r.get("backup", {})
+    if backup:
+        lines += [
+            "#### Snapshot creation (one run each, into an empty repository)",
+            "",
+            "| workload | tool | wall s | GB/s | CPU s/GB | peak RSS MiB |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, tools in backup.items():
+            for tool, d in tools.items():
+                lines.append(
+                    f"| {name} | {LABELS.get(tool, tool)} | {d['wall_s']:.2f} | {d['GBps']:.3f} | "
+                    f"{d['cpu_s_per_GB']:.2f} | {d['peak_rss_bytes'] / 2**20:.0f} |"
+                )
+        lines.append("")
+    return lines
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib  # noqa: PLC0415 - only the report needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    names = list(r["workloads"])
+    tools = [t for t in LABELS if any(t in r["workloads"][n]["tools"] for n in names)]
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    width = 0.8 / len(tools)
+    for i, tool in enumerate(tools):
+        xs, ys, lo, hi = [], [], [], []
+        for j, n in enumerate(names):
+            d = r["workloads"][n]["tools"].get(tool)
+            if d is None:
+                continue
+            p = d["inner"] if tool in ("fetch", "memory") else d["process"]
+            xs.append(j + (i - (len(tools) - 1) / 2) * width)
+            ys.append(p["GBps"])
+            lo.append(p["GBps"] - p["GBps_spread"][0])
+            hi.append(p["GBps_spread"][1] - p["GBps"])
+        hatch = "//" if tool in ("fetch", "memory") else None
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=LABELS[tool], hatch=hatch)
+    ax.set_xticks(range(len(names)), [WORKLOADS.get(n, n) for n in names])
+    ax.set_ylabel("GB/s of restored data (median, min–max)")
+    m = r["machine"]
+    ax.set_title(f"Restore from SeaweedFS on 127.0.0.1, {m['cpus']} CPUs ({r['runs']} runs)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def planning_table(p: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Command: `{p.get('command', 'python -m bench.planning')}`; each manifest decoded and planned in a fresh "
+        "process; medians. Baseline: the process's RSS after imports, before the manifest.",
+        "",
+        "| manifest | chunks | stored MiB | decode s | plan s | decode + plan s | walk s | peak RSS MiB | "
+        "over baseline MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode in ("block", "filesystem"):
+        for label, row in p.get(mode, {}).items():
+            lines.append(
+                f"| {mode} {label} | {row['chunks']:,} | {row['stored_manifest_MiB']:.1f} | {row['decode_s']:.2f} | "
+                f"{row['plan_s']:.2f} | **{row['decode_plan_s']:.2f}** | {row['walk_s']:.2f} | "
+                f"**{row['peak_rss_MiB']:.0f}** | {row['increase_MiB']:.0f} |"
+            )
+    return [*lines, ""]
+
+
+def first_byte_table(f: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Command: `{f.get('command', 'python -m bench.first_byte')}` ({f.get('runs', '?')} runs).",
+        "",
+        "| from DataDownload created to | median s | min s | max s |",
+        "|---|---|---|---|",
+    ]
+    for key, d in f.get("latency_s", {}).items():
+        lines.append(f"| {key} | {d['median']:.3f} | {d['min']:.3f} | {d['max']:.3f} |")
+    return [*lines, ""]
+
+
+def knobs_table(k: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Command: `{k.get('command', 'python -m bench.knobs')}`: a {k['image_bytes'] / 2**30:.0f} GiB mixed block "
+        f"image, {k['runs']} runs of each configuration, medians.",
+        "",
+        "| configuration | flags | GB/s (spread) | CPU s/GB | peak RSS MiB |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | `{' '.join(row['args']) or '(none)'}` | {_gbps(row)} | {row['cpu_s_per_GB']:.2f} | "
+        f"{row['peak_rss_MiB']:.0f} |"
+        for name, row in k["configs"].items()
+    ]
+    return [*lines, ""]
+
+
+def render(results: Path) -> list[str]:
+    lines: list[str] = []
+    restore = results / "restore.json"
+    if restore.exists():
+        r = json.loads(restore.read_text())
+        lines += ["### Restore throughput", "", "![throughput](../bench/results/throughput.png)", ""]
+        lines += restore_tables(r)
+        plot(r, results / "throughput.png")
+    first = results / "first-byte.json"
+    if first.exists():
+        lines += [
+            "### Agent: DataDownload to first restored byte",
+            "",
+            *first_byte_table(json.loads(first.read_text())),
+        ]
+    knobs = results / "knobs.json"
+    if knobs.exists():
+        lines += ["### Tuning knobs (one changed at a time)", "", *knobs_table(json.loads(knobs.read_text()))]
+    planning = results / "planning.json"
+    if planning.exists():
+        lines += ["### Planning large snapshots", "", *planning_table(json.loads(planning.read_text()))]
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--doc", type=Path, default=Path(__file__).parent.parent / "docs" / "PERFORMANCE.md")
+    args = p.parse_args()
+    text = args.doc.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{args.doc} has no {BEGIN} … {END} section")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    body = "\n".join(render(args.results))
+    args.doc.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
+    print(f"updated {args.doc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""The restore benchmark: Ferry, restic and casync side by side on the same data, with the ceilings.
+
+    python -m bench [--runs 3] [--workloads block,tree,file] [--work DIR] [--smoke] [--profile]
+
+1. Generates the workloads (``bench.workloads``) and starts one SeaweedFS S3 server on 127.0.0.1.
+2. Backs every workload up with ``ferry snapshot create`` and ``restic backup`` (each into a repository on
+   that server) and ``casync make`` (into a chunk store that an HTTP server on 127.0.0.1 serves): snapshot
+   creation, measured.
+3. ``--runs`` times, rotating the order of the tools every run, restores every workload with each tool
+   into a new directory on the same filesystem, and measures the ceilings:
+   - ``ferry``: ``bench.ferry_run restore`` (the library call ``ferry restore`` and the agent make);
+   - ``restic``: ``restic restore``; ``casync``: ``casync extract`` over HTTP;
+   - ``fetch`` ceiling: every ranged GET of Ferry's plan at the same concurrency, discarded;
+   - ``memory`` ceiling: the same ranges decompressed, verified and written from memory on all cores.
+   The first run of every tool is checked byte for byte against the source. ``sync`` runs (untimed)
+   after every measurement so no tool pays for the previous one's dirty pages.
+4. Restores a 1 GiB cut of the block image too, for Ferry's peak RSS against volume size.
+5. Writes ``bench/results/restore.json`` (``--smoke``: ``restore-smoke.json``).
+
+Every tool runs as a child process measured by the kernel (``bench.measure``): wall time including
+startup, CPU seconds of the process and its children, peak RSS. For Ferry and the ceilings the child also
+reports the timed part alone (``inner``): the restore without the interpreter's start (about 0.5 s of
+imports), which is what the node agent, a long-running process, pays per restore.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.measure import Measured, run_measured, summary
+from bench.peers import Casync, Restic, same_content, versions
+from bench.workloads import GiB, MiB, Sizes, Workload, generate
+from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, make_bucket
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+TOOLS = ("ferry", "restic", "casync", "fetch", "memory")
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "memory_GiB": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        **versions(),
+    }
+
+
+@dataclass
+class FerryRepo:
+    endpoint: str
+    bucket: str
+    work: Path
+    env: dict[str, str]
+    snapshots: dict[str, str] = field(default_factory=dict)
+
+    def snapshot(self, w: Workload, name: str | None = None) -> Measured:
+        log = self.work / f"ferry-snapshot-{name or w.name}.log"
+        argv = [
+            *(PYTHON, "-m", "agent", "--log-level", "warning", "snapshot", "create"),
+            *("--repo", f"s3://{self.bucket}/ferry", "--s3-endpoint", self.endpoint, "--s3-path-style", "--json"),
+            str(w.source),
+        ]
+        m = run_measured(argv, w.size, env=self.env, cwd=ROOT, log=log)
+        text = log.read_text()
+        self.snapshots[name or w.name] = json.loads(text[text.index("{\n") :])["snapshot_id"]
+        return m
+
+    def run(self, mode: str, w: Workload, target: Path, name: str | None = None) -> tuple[Measured, dict[str, Any]]:
+        log = self.work / f"ferry-{mode}.log"
+        argv = [
+            *(PYTHON, "-m", "bench.ferry_run", mode, "--endpoint", self.endpoint, "--bucket", self.bucket),
+            *("--snapshot", self.snapshots[name or w.name], "--target", str(target)),
+        ]
+        m = run_measured(argv, w.size, env=self.env, cwd=ROOT, log=log)
+        inner = json.loads(log.read_text().strip().splitlines()[-1])
+        if inner["output_bytes"] != w.size:
+            raise RuntimeError(f"ferry {mode} of {w.name} accounted for {inner['output_bytes']} of {w.size} bytes")
+        return m, inner
+
+
+def _target(out: Path, w: Workload) -> Path:
+    return out / ("block.img" if w.is_block else w.name)
+
+
+def _clean(out: Path) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    os.sync()
+
+
+def _inner_summary(inners: list[dict[str, Any]], size: int) -> dict[str, Any]:
+    rates = [size / i["seconds"] / 1e9 for i in inners]
+    return {
+        "seconds": statistics.median(i["seconds"] for i in inners),
+        "GBps": statistics.median(rates),
+        "GBps_spread": [min(rates), max(rates)],
+        "cpu_s_per_GB": statistics.median(i["cpu_s"] / (size / 1e9) for i in inners),
+    }
+
+
+def ratios(tools: dict[str, Any]) -> dict[str, float]:
+    """Ferry against the peers (whole processes, startup included) and the ceilings (timed parts)."""
+    ferry = tools["ferry"]
+    out: dict[str, float] = {}
+    for peer in ("restic", "casync"):
+        if peer in tools:
+            out[f"ferry_vs_{peer}"] = ferry["process"]["GBps"] / tools[peer]["process"]["GBps"]
+    lower = min(tools["fetch"]["inner"]["GBps"], tools["memory"]["inner"]["GBps"])
+    out["ferry_vs_lower_ceiling"] = ferry["inner"]["GBps"] / lower
+    out["ferry_vs_fetch_ceiling"] = ferry["inner"]["GBps"] / tools["fetch"]["inner"]["GBps"]
+    out["ferry_vs_memory_ceiling"] = ferry["inner"]["GBps"] / tools["memory"]["inner"]["GBps"]
+    out["cpu_per_GB_vs_memory"] = ferry["inner"]["cpu_s_per_GB"] / tools["memory"]["inner"]["cpu_s_per_GB"]
+    return out
+
+
+async def _bucket(server: SeaweedServer) -> str:
+    return await make_bucket(server)
+
+
+def run(
+    work: Path, sizes: Sizes, runs: int, names: tuple[str, ...], peers: bool = True, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    started = time.time()
+    log(f"generating workloads in {work / 'data'}")
+    workloads = generate(work, sizes, names)
+    server = SeaweedServer(work / "seaweedfs").start()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    result: dict[str, Any] = {"machine": machine(), "runs": runs, "workloads": {}, "backup": {}}
+    try:
+        ferry = FerryRepo(server.endpoint, asyncio.run(_bucket(server)), work, env)
+        restic = Restic(work / "restic", server.endpoint, ACCESS_KEY, SECRET_KEY, asyncio.run(_bucket(server)))
+        with Casync(work / "casync") as casync:
+            if peers:
+                restic.init()
+            restic_ids: dict[str, str] = {}
+            for w in workloads:
+                log(f"backing up {w.name} ({w.size / 1e9:.2f} GB)")
+                backup: dict[str, Any] = {"ferry": ferry.snapshot(w).as_dict()}
+                if peers:
+                    m, restic_ids[w.name] = restic.backup(w)
+                    backup["restic"] = m.as_dict()
+                    backup["casync"] = casync.make(w).as_dict()
+                result["backup"][w.name] = backup
+                log("  " + _line(backup))
+            block = next((w for w in workloads if w.is_block), None)
+            cut = _cut_block(work, block, sizes) if block is not None else None
+            if cut is not None:
+                ferry.snapshot(cut, "block-cut")
+
+            out = work / "out"
+            measured: dict[str, dict[str, list[Any]]] = {w.name: {t: [] for t in TOOLS} for w in workloads}
+            order = [t for t in TOOLS if peers or t not in ("restic", "casync")]
+            for i in range(runs):
+                rotation = order[i % len(order) :] + order[: i % len(order)]
+                for w in workloads:
+                    for tool in rotation:
+                        _clean(out)
+                        target = _target(out, w)
+                        if tool in ("restic", "casync"):
+                            (out / tool).mkdir()
+                        if tool == "restic":
+                            m, where = restic.restore(w, restic_ids[w.name], out / "restic")
+                            entry: Any = m
+                        elif tool == "casync":
+                            m, where = casync.extract(w, out / "casync")
+                            entry = m
+                        else:
+                            m, inner = ferry.run({"ferry": "restore"}.get(tool, tool), w, target)
+                            entry, where = (m, inner), target
+                        if i == 0 and tool != "fetch":
+                            same_content(w, where)
+                        measured[w.name][tool].append(entry)
+                        log(f"  run {i + 1} {w.name:5} {tool:6} {m.wall_s:7.2f} s {m.gbps:6.3f} GB/s (process)")
+            rss_cut: list[int] = []
+            rss_full: list[int] = []
+            if cut is not None and block is not None:
+                for _ in range(runs):
+                    _clean(out)
+                    rss_cut.append(ferry.run("restore", cut, out / "cut.img", "block-cut")[0].peak_rss_bytes)
+                rss_full = [m.peak_rss_bytes for m, _ in measured["block"]["ferry"]]
+            _clean(out)
+    finally:
+        server.stop()
+
+    for w in workloads:
+        tools: dict[str, Any] = {}
+        for tool, entries in measured[w.name].items():
+            if not entries:
+                continue
+            if tool in ("restic", "casync"):
+                tools[tool] = {"process": summary(entries)}
+            else:
+                tools[tool] = {
+                    "process": summary([m for m, _ in entries]),
+                    "inner": _inner_summary([inner for _, inner in entries], w.size),
+                }
+        result["workloads"][w.name] = {"bytes": w.size, "tools": tools, "ratios": ratios(tools)}
+    if rss_cut:
+        small, big = statistics.median(rss_cut), statistics.median(rss_full)
+        result["rss_by_volume_size"] = {
+            "small_bytes": sizes.block // 4,
+            "large_bytes": sizes.block,
+            "small_peak_rss_MiB": small / MiB,
+            "large_peak_rss_MiB": big / MiB,
+            "growth": big / small - 1,
+        }
+    result["seconds"] = time.time() - started
+    return result
+
+
+def _cut_block(work: Path, block: Workload, sizes: Sizes) -> Workload:
+    """The first quarter of the block image (1 GiB of the 4 GiB one), as its own volume."""
+    size = sizes.block // 4
+    path = work / "data" / "block-cut.img"
+    if not path.exists() or path.stat().st_size != size:
+        with block.source.open("rb") as src, path.open("wb") as dst:
+            left = size
+            while left:
+                piece = src.read(min(left, 64 * MiB))
+                dst.write(piece)
+                left -= len(piece)
+    return Workload("block", path, size)
+
+
+def _line(tools: dict[str, Any]) -> str:
+    return "  ".join(f"{t} {d['GBps']:.3f} GB/s {d['cpu_s_per_GB']:.2f} cpu-s/GB" for t, d in tools.items())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--workloads", default="block,tree,file")
+    p.add_argument("--work", type=Path, help="where data, servers and restores go (default: a new temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (reuse it with --work)")
+    p.add_argument("--smoke", action="store_true", help="tiny workloads, for checking the benchmark works")
+    p.add_argument("--no-peers", action="store_true", help="Ferry and the ceilings only")
+    args = p.parse_args()
+    names = tuple(n for n in args.workloads.split(",") if n)
+    sizes = Sizes.smoke() if args.smoke else Sizes()
+    work = args.work or Path(tempfile.mkdtemp(prefix="ferry-bench-", dir="/var/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run(work, sizes, args.runs, names, peers=not args.no_peers)
+    finally:
+        if not args.keep and args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    result["command"] = "python -m bench " + " ".join(sys.argv[1:])
+    RESULTS.mkdir(exist_ok=True)
+    name = "restore-smoke.json" if args.smoke else "restore.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+    for wname, data in result["workloads"].items():
+        print(wname, json.dumps(data["ratios"]))
+    print(f"wrote {RESULTS / name}")
+
+
+__all__ = ["GiB", "main", "run"]
