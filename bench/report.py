@@ -45,20 +45,22 @@ def restore_tables(r: dict[str, Any]) -> list[str]:
         lines += [
             f"#### {WORKLOADS.get(name, name)} ({w['bytes'] / 1e9:.2f} GB restored)",
             "",
-            "| tool | wall s | GB/s (spread) | CPU s/GB | peak RSS MiB | timed part: GB/s | CPU s/GB |",
-            "|---|---|---|---|---|---|---|",
+            "| tool | wall s | GB/s (spread) | + sync s | written out: GB/s | CPU s/GB | peak RSS MiB | "
+            "timed part: GB/s | CPU s/GB |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for tool, d in w["tools"].items():
-            p = d["process"]
+            p, durable = d["process"], d["durable"]
             inner = d.get("inner")
             tail = f"{inner['GBps']:.3f} | {inner['cpu_s_per_GB']:.2f}" if inner else "– | –"
             lines.append(
-                f"| {LABELS.get(tool, tool)} | {p['wall_s']:.2f} | {_gbps(p)} | {p['cpu_s_per_GB']:.2f} | "
+                f"| {LABELS.get(tool, tool)} | {p['wall_s']:.2f} | {_gbps(p)} | "
+                f"{durable['wall_s'] - p['wall_s']:.2f} | {durable['GBps']:.3f} | {p['cpu_s_per_GB']:.2f} | "
                 f"{_mb(p['peak_rss_MiB'])} | {tail} |"
             )
         ra = w["ratios"]
         parts = [
-            f"Ferry ÷ {peer}: **{ra[f'ferry_vs_{peer}']:.1f}×**"
+            f"Ferry ÷ {peer}: **{ra[f'ferry_vs_{peer}']:.1f}×** (written out: {ra[f'ferry_vs_{peer}_durable']:.1f}×)"
             for peer in ("restic", "casync")
             if f"ferry_vs_{peer}" in ra
         ]

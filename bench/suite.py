@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -70,6 +71,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Sample:
+    m: Measured
+    """The whole process."""
+    inner: dict[str, Any] | None
+    """Ferry and the ceilings: the timed part, as the child reported it."""
+    sync_s: float
+    """``sync`` right after the tool: writing out what it left in the page cache."""
+
+
 @dataclass
 class FerryRepo:
     endpoint: str
@@ -108,9 +119,14 @@ def _target(out: Path, w: Workload) -> Path:
 
 
 def _clean(out: Path) -> None:
+    """Remove the last restore and start the next one cold: written out, and (as root) with the page cache
+    dropped, so the server reads packs from its disk and no tool inherits another's cached pages. On
+    these VMs creating files also slows down severalfold while gigabytes sit in the page cache."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     os.sync()
+    if os.geteuid() == 0:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def _inner_summary(inners: list[dict[str, Any]], size: int) -> dict[str, Any]:
@@ -130,6 +146,7 @@ def ratios(tools: dict[str, Any]) -> dict[str, float]:
     for peer in ("restic", "casync"):
         if peer in tools:
             out[f"ferry_vs_{peer}"] = ferry["process"]["GBps"] / tools[peer]["process"]["GBps"]
+            out[f"ferry_vs_{peer}_durable"] = ferry["durable"]["GBps"] / tools[peer]["durable"]["GBps"]
     lower = min(tools["fetch"]["inner"]["GBps"], tools["memory"]["inner"]["GBps"])
     out["ferry_vs_lower_ceiling"] = ferry["inner"]["GBps"] / lower
     out["ferry_vs_fetch_ceiling"] = ferry["inner"]["GBps"] / tools["fetch"]["inner"]["GBps"]
@@ -173,7 +190,7 @@ def run(
                 ferry.snapshot(cut, "block-cut")
 
             out = work / "out"
-            measured: dict[str, dict[str, list[Any]]] = {w.name: {t: [] for t in TOOLS} for w in workloads}
+            measured: dict[str, dict[str, list[Sample]]] = {w.name: {t: [] for t in TOOLS} for w in workloads}
             order = [t for t in TOOLS if peers or t not in ("restic", "casync")]
             for i in range(runs):
                 rotation = order[i % len(order) :] + order[: i % len(order)]
@@ -183,42 +200,44 @@ def run(
                         target = _target(out, w)
                         if tool in ("restic", "casync"):
                             (out / tool).mkdir()
+                        inner: dict[str, Any] | None = None
                         if tool == "restic":
                             m, where = restic.restore(w, restic_ids[w.name], out / "restic")
-                            entry: Any = m
                         elif tool == "casync":
                             m, where = casync.extract(w, out / "casync")
-                            entry = m
                         else:
                             m, inner = ferry.run({"ferry": "restore"}.get(tool, tool), w, target)
-                            entry, where = (m, inner), target
+                            where = target
+                        synced = time.perf_counter()
+                        os.sync()  # what the tool left unwritten (Ferry flushes before it returns)
+                        sync_s = time.perf_counter() - synced
                         if i == 0 and tool != "fetch":
                             same_content(w, where)
-                        measured[w.name][tool].append(entry)
-                        log(f"  run {i + 1} {w.name:5} {tool:6} {m.wall_s:7.2f} s {m.gbps:6.3f} GB/s (process)")
+                        measured[w.name][tool].append(Sample(m, inner, sync_s))
+                        log(
+                            f"  run {i + 1} {w.name:5} {tool:6} {m.wall_s:7.2f} s + sync {sync_s:5.2f} s "
+                            f"{m.gbps:6.3f} GB/s (process)"
+                        )
             rss_cut: list[int] = []
             rss_full: list[int] = []
             if cut is not None and block is not None:
                 for _ in range(runs):
                     _clean(out)
                     rss_cut.append(ferry.run("restore", cut, out / "cut.img", "block-cut")[0].peak_rss_bytes)
-                rss_full = [m.peak_rss_bytes for m, _ in measured["block"]["ferry"]]
+                rss_full = [sample.m.peak_rss_bytes for sample in measured["block"]["ferry"]]
             _clean(out)
     finally:
         server.stop()
 
     for w in workloads:
         tools: dict[str, Any] = {}
-        for tool, entries in measured[w.name].items():
-            if not entries:
+        for tool, samples in measured[w.name].items():
+            if not samples:
                 continue
-            if tool in ("restic", "casync"):
-                tools[tool] = {"process": summary(entries)}
-            else:
-                tools[tool] = {
-                    "process": summary([m for m, _ in entries]),
-                    "inner": _inner_summary([inner for _, inner in entries], w.size),
-                }
+            durable = [dataclasses.replace(x.m, wall_s=x.m.wall_s + x.sync_s) for x in samples]
+            tools[tool] = {"process": summary([x.m for x in samples]), "durable": summary(durable)}
+            if samples[0].inner is not None:
+                tools[tool]["inner"] = _inner_summary([x.inner for x in samples if x.inner is not None], w.size)
         result["workloads"][w.name] = {"bytes": w.size, "tools": tools, "ratios": ratios(tools)}
     if rss_cut:
         small, big = statistics.median(rss_cut), statistics.median(rss_full)

@@ -23,6 +23,7 @@ from agent.pipeline.tree_target import TreeTarget
 from agent.repo.format import Manifest
 from agent.repo.repository import Repository
 from agent.settings import RestoreSettings
+from agent.taskgroups import task_group
 from agent.threads import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,10 @@ async def _restore_tree(run: _Run, path: str) -> None:
     pool = run.pool
     target = await pool.run(TreeTarget.open, path, run.manifest, run.settings.direct_io)
     try:
-        await pool.run(target.prepare, pool.stop)
+        for stage in target.prepare_stages(pool.threads):
+            async with task_group() as tg:
+                for batch in stage:
+                    tg.create_task(pool.run(target.prepare_batch, batch, pool.stop))
         run.tracker.advance(sum(length for _, _, length in run.plan.holes))  # new files are sparse: holes are done
         await run.transfer(target)
         await pool.run(target.apply_metadata, pool.stop)
