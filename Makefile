@@ -47,11 +47,14 @@ unit: $(STAMP) system-deps
 
 test: lint typecheck layers unit
 
-# The full benchmark (about 30 minutes, 25 GB of scratch space under /var/tmp): see docs/PERFORMANCE.md.
+# The full benchmark (about 40 minutes, 30 GB of scratch space under /var/tmp): see docs/PERFORMANCE.md.
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.first_byte
 	$(BIN)/python -m bench.planning
+	$(BIN)/python -m bench.knobs
+	$(BIN)/python -m bench.profile --workload block --size-mib 2048
+	$(BIN)/python -m bench.profile --workload file --size-mib 2048
 	$(BIN)/python -m bench.report
 
 bench-report: $(STAMP)

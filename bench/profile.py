@@ -1,15 +1,19 @@
-"""Where a restore's CPU goes, by pipeline stage, from py-spy samples.
+"""Where a restore's threads spend their time, by pipeline stage, from py-spy samples.
 
     python -m bench.profile [--size-mib 1024] [--workload block|file]
 
 Snapshots a mixed image (block) or a directory holding one mixed file (file) into SeaweedFS on
-127.0.0.1, then restores it under ``py-spy record`` (100 samples a second of every thread that is on a
-CPU; idle threads are not sampled). Each sample is charged to a stage by its innermost frames:
+127.0.0.1, then restores it under ``py-spy record``: 250 samples a second of every thread that is not
+idle (threads waiting on a lock, a queue or the event loop's poll are not sampled). Each sample is
+charged to a stage by its innermost frames:
 
 - decompress, verify (BLAKE3), write (``pwrite``): the worker threads' calls into zstandard, blake3 and
   the kernel (py-spy names the Python line that made the call, which is where the time goes: these
-  calls release the GIL and run in C);
-- receive: the event loop reading responses (aiohttp's stream and protocol, uvloop);
+  calls release the GIL and run in C). A thread waiting for the disk inside an O_DIRECT ``pwrite`` is
+  not idle to py-spy, so "write" is time, not only CPU;
+- receive: aiohttp's response stream and protocol (Python);
+- event loop: uvloop's own C code (socket reads, callbacks), which py-spy shows as ``Runner.run``;
+- thread hand-off: the executor's worker loop taking the next call (GIL hand-offs);
 - S3 requests: building, signing and parsing requests (botocore, aiobotocore) and the connection pool;
 - start-up: imports and the interpreter before the restore begins;
 - other: everything else (planning, asyncio scheduling, the memory budget).
@@ -59,6 +63,8 @@ RULES: list[tuple[str, str]] = [
     ("receive", "get_range_into"),
     ("S3 requests", "botocore/"),
     ("S3 requests", "aiohttp/"),
+    ("event loop", "Runner.run ("),
+    ("thread hand-off", "_worker (concurrent/futures/thread.py"),
 ]
 
 
@@ -108,7 +114,7 @@ def run(work: Path, workload: str, size: int) -> dict[str, Any]:
         raw = work / "profile.txt"
         target = work / ("restored.img" if workload == "block" else "restored")
         argv = [
-            *(PY_SPY, "record", "--threads", "--rate", "100", "--format", "raw", "--output", str(raw), "--"),
+            *(PY_SPY, "record", "--threads", "--rate", "250", "--format", "raw", "--output", str(raw), "--"),
             *(sys.executable, "-m", "bench.ferry_run", "restore", "--endpoint", server.endpoint),
             *("--bucket", ferry.bucket, "--snapshot", ferry.snapshots[workload], "--target", str(target)),
         ]

@@ -150,13 +150,22 @@ def planning_table(p: dict[str, Any]) -> list[str]:
 
 def first_byte_table(f: dict[str, Any]) -> list[str]:
     lines = [
-        f"Command: `{f.get('command', 'python -m bench.first_byte')}` ({f.get('runs', '?')} runs).",
+        f"Command: `python -m bench.first_byte` ({f['runs']} runs; {f['workload']}; the agent idle and the volume "
+        "ready before each DataDownload is created; the target is watched every millisecond by a separate "
+        "process).",
         "",
-        "| from DataDownload created to | median s | min s | max s |",
+        "| from the DataDownload's creation to | median ms | min ms | max ms |",
         "|---|---|---|---|",
     ]
-    for key, d in f.get("latency_s", {}).items():
-        lines.append(f"| {key} | {d['median']:.3f} | {d['min']:.3f} | {d['max']:.3f} |")
+    for key, label in (
+        ("in_progress_ms", "InProgress"),
+        ("first_byte_ms", "**first restored byte**"),
+        ("completed_ms", "Completed"),
+    ):
+        d = f[key]
+        lines.append(f"| {label} | {d['median']:.0f} | {d['min']:.0f} | {d['max']:.0f} |")
+    lines += ["", "Where the time goes (medians, ms):", ""]
+    lines += [f"- {what}: {ms:.1f}" for what, ms in f.get("breakdown_median_ms", {}).items()]
     return [*lines, ""]
 
 
@@ -176,6 +185,20 @@ def knobs_table(k: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def profile_table(paths: list[Path]) -> list[str]:
+    runs = [json.loads(p.read_text()) for p in paths]
+    stages = sorted({s for r in runs for s in r["stages"]}, key=lambda s: -max(r["stages"].get(s, 0) for r in runs))
+    lines = [
+        "Command: `python -m bench.profile --workload block|file --size-mib 2048` (250 samples/s of every thread "
+        "that is not idle; a thread blocked in an O_DIRECT write counts, so this is time, not CPU).",
+        "",
+        "| stage | " + " | ".join(f"{r['workload']} ({r['samples']} samples)" for r in runs) + " |",
+        "|---|" + "---|" * len(runs),
+    ]
+    lines += [f"| {s} | " + " | ".join(f"{r['stages'].get(s, 0):.0%}" for r in runs) + " |" for s in stages]
+    return [*lines, ""]
+
+
 def render(results: Path) -> list[str]:
     lines: list[str] = []
     restore = results / "restore.json"
@@ -191,6 +214,9 @@ def render(results: Path) -> list[str]:
             "",
             *first_byte_table(json.loads(first.read_text())),
         ]
+    profiles = sorted(results.glob("profile-*.json"))
+    if profiles:
+        lines += ["### Where a restore's threads spend their time (py-spy)", "", *profile_table(profiles)]
     knobs = results / "knobs.json"
     if knobs.exists():
         lines += ["### Tuning knobs (one changed at a time)", "", *knobs_table(json.loads(knobs.read_text()))]
