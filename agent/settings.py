@@ -197,8 +197,9 @@ class SnapshotSettings:
 
 @dataclass(frozen=True)
 class RestoreSettings:
-    """How a restore fetches, verifies and writes. Memory is bounded by ``memory_bytes`` plus one
-    decode buffer of the largest chunk per thread, whatever the volume's size."""
+    """How a restore fetches, verifies and writes. Memory does not grow with the volume: one receive
+    buffer per read in flight (``max_range_bytes``, or a single larger chunk), fetched-but-unwritten
+    bytes bounded by ``memory_bytes``, and one decode buffer of the largest chunk per thread."""
 
     reads_in_flight: int = 8
     """Ranged GETs in flight at once."""

@@ -180,7 +180,7 @@ async def transfer(
         buffer = bytearray()
         for rng in ranges:
             if len(buffer) < rng.length:
-                buffer = bytearray(max(rng.length, min(settings.max_range_bytes, settings.memory_bytes)))
+                buffer = bytearray(max(rng.length, settings.max_range_bytes))
             await move(rng, buffer)
 
     async with task_group() as tg:
