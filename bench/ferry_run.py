@@ -5,8 +5,8 @@
 
 - ``restore``: ``agent.pipeline.restore.restore`` from S3 onto the target, exactly what ``ferry restore``
   and the agent run.
-- ``fetch`` (the transport ceiling): every ranged GET of the same plan at the same concurrency, bytes
-  discarded: what the server and loopback deliver to this client.
+- ``fetch`` (the transport ceiling): every ranged GET of the same plan at the same concurrency, received into
+  reused buffers as the restore receives, then discarded: what the server and loopback deliver to this client.
 - ``memory`` (the CPU ceiling): the same ranges fetched into memory first (untimed), then the same restore
   (decompress, verify, write onto the same kind of target, flush) from memory on all cores.
 
@@ -105,8 +105,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         if args.mode == "fetch":
 
             async def discard() -> None:
+                buffer = bytearray(settings.max_range_bytes)  # received as the restore receives: reused
                 for r in ranges:
-                    await repo.read_pack_range(r.pack, r.offset, r.length)
+                    if len(buffer) < r.length:
+                        buffer = bytearray(r.length)
+                    with memoryview(buffer)[: r.length] as into:
+                        await repo.read_pack_range_into(r.pack, r.offset, into)
 
             t0, c0 = time.perf_counter(), _cpu()
             async with asyncio.TaskGroup() as tg:

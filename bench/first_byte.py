@@ -61,7 +61,6 @@ import contextlib
 import json
 import mmap
 import os
-import platform
 import random
 import select
 import shutil
@@ -82,9 +81,10 @@ from aiohttp import web
 
 from agent.repo.repository import Repository
 from agent.repo.writer import create_snapshot
-from agent.settings import MiB, SnapshotSettings, cpu_count
+from agent.settings import MiB, SnapshotSettings
 from agent.storage.s3 import S3Storage
 from agent.storage.url import velero_repository_prefix
+from bench.measure import machine
 from bench.workloads import write_mixed_file
 from tests.support.cluster import NS, Cluster
 from tests.support.kube import KubeError, KubeServer, velero_crds
@@ -799,13 +799,7 @@ def report(
             "warnings_and_errors_logged": agent_problems,
         },
         "git": git_state(),
-        "machine": {
-            "platform": platform.platform(),
-            "machine": platform.machine(),
-            "cpus": cpu_count(),
-            "python": platform.python_version(),
-            "load_average_1_5_15_min_at_end": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": {**machine(), "load_average_1_5_15_min_at_end": [round(x, 2) for x in os.getloadavg()]},
         "seconds": {"setup": round(setup_s, 1), "runs": round(runs_s, 1)},
         "per_run": results,
     }

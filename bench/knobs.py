@@ -15,24 +15,24 @@ import asyncio
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.measure import run_measured
-from bench.suite import ROOT, FerryRepo, machine
-from bench.workloads import MiB, Workload, write_mixed_file
+from agent.settings import MiB, cpu_count
+from bench.measure import Measured, machine, summary
+from bench.suite import FerryRepo
+from bench.workloads import Workload, write_mixed_file
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, make_bucket
 
 RESULTS = Path(__file__).parent / "results"
 
 CONFIGS: dict[str, list[str]] = {
     "defaults": [],
-    "threads 1/CPU": ["--threads", str(os.cpu_count() or 1)],
-    "threads 2/CPU": ["--threads", str(2 * (os.cpu_count() or 1))],
-    "threads 3/CPU": ["--threads", str(3 * (os.cpu_count() or 1))],
+    "threads 1/CPU": ["--threads", str(cpu_count())],
+    "threads 2/CPU": ["--threads", str(2 * cpu_count())],
+    "threads 3/CPU": ["--threads", str(3 * cpu_count())],
     "reads 4": ["--reads", "4"],
     "reads 16": ["--reads", "16"],
     "range 4 MiB": ["--range-mib", "4"],
@@ -48,7 +48,7 @@ def run(work: Path, size: int, runs: int, configs: dict[str, list[str]]) -> dict
     w = Workload("block", image, size)
     server = SeaweedServer(work / "seaweedfs").start()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-    samples: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
+    samples: dict[str, list[Measured]] = {name: [] for name in configs}
     try:
         ferry = FerryRepo(server.endpoint, asyncio.run(make_bucket(server)), work, env)
         ferry.snapshot(w)
@@ -58,34 +58,11 @@ def run(work: Path, size: int, runs: int, configs: dict[str, list[str]]) -> dict
                 target = work / "restored.img"
                 target.unlink(missing_ok=True)
                 os.sync()
-                log = work / "knob.log"
-                argv = [
-                    *(sys.executable, "-m", "bench.ferry_run", "restore", "--endpoint", server.endpoint),
-                    *("--bucket", ferry.bucket, "--snapshot", ferry.snapshots["block"], "--target", str(target)),
-                    *configs[name],
-                ]
-                m = run_measured(argv, size, env=env, cwd=ROOT, log=log)
-                inner = json.loads(log.read_text().strip().splitlines()[-1])
-                samples[name].append(
-                    {
-                        "GBps": size / inner["seconds"] / 1e9,
-                        "cpu_s_per_GB": inner["cpu_s"] / (size / 1e9),
-                        "peak_rss_MiB": m.peak_rss_bytes / MiB,
-                    }
-                )
-                print(f"run {i + 1} {name:14} {samples[name][-1]['GBps']:.3f} GB/s", flush=True)
+                samples[name].append(ferry.run("restore", w, target, flags=configs[name])[1])
+                print(f"run {i + 1} {name:14} {samples[name][-1].gbps:.3f} GB/s", flush=True)
     finally:
         server.stop()
-    table = {
-        name: {
-            "args": configs[name],
-            "GBps": statistics.median(s["GBps"] for s in rows),
-            "GBps_spread": [min(s["GBps"] for s in rows), max(s["GBps"] for s in rows)],
-            "cpu_s_per_GB": statistics.median(s["cpu_s_per_GB"] for s in rows),
-            "peak_rss_MiB": statistics.median(s["peak_rss_MiB"] for s in rows),
-        }
-        for name, rows in samples.items()
-    }
+    table = {name: {"args": configs[name], **summary(rows)} for name, rows in samples.items()}
     return {"machine": machine(), "image_bytes": size, "runs": runs, "configs": table}
 
 

@@ -14,6 +14,7 @@ The exit is seen at once (a pidfd), so wall time does not depend on the sampling
 from __future__ import annotations
 
 import os
+import platform
 import select
 import signal
 import statistics
@@ -152,6 +153,25 @@ def _status_kib(pid: int, field: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def machine() -> dict[str, Any]:
+    """The machine a result was measured on, for every result file."""
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "memory_GiB": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
 
 
 def summary(runs: Sequence[Measured]) -> dict[str, Any]:

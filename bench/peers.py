@@ -70,8 +70,9 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from agent.settings import MiB
 from bench.measure import Measured, ToolFailed, run_measured
-from bench.workloads import MiB, Sizes, Workload, generate, write_mixed_file
+from bench.workloads import Sizes, Workload, generate, write_mixed_file
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
 
 RESTIC = "restic"

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import resource
 import statistics
@@ -49,11 +47,9 @@ from agent.repo.format import (
     encode_manifest,
     snapshot_id_of,
 )
-from agent.settings import RestoreSettings
+from agent.settings import GiB, KiB, MiB, RestoreSettings
+from bench.measure import machine
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
 TiB = 1024 * GiB
 RESULTS = Path(__file__).parent / "results"
 
@@ -355,7 +351,7 @@ def run(sizes_tib: list[float], runs: int, tree_files: int = 0, tree_tib: float 
     """Measure each block size (and one filesystem of ``tree_files`` files and ``tree_tib`` TiB if
     ``tree_files``), ``runs`` fresh child processes each; returns the results as written to JSON."""
     out: dict[str, Any] = {
-        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "machine": machine(),
         "settings": "RestoreSettings() defaults",
         "block": {},
         "filesystem": {},

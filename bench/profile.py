@@ -34,8 +34,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.suite import ROOT, FerryRepo, machine
-from bench.workloads import MiB, Workload, write_mixed_file
+from agent.settings import MiB
+from bench.measure import machine
+from bench.suite import ROOT, FerryRepo
+from bench.workloads import Workload, write_mixed_file
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, make_bucket
 
 RESULTS = Path(__file__).parent / "results"

@@ -10,7 +10,8 @@
    into a new directory on the same filesystem, and measures the ceilings:
    - ``ferry``: ``bench.ferry_run restore`` (the library call ``ferry restore`` and the agent make);
    - ``restic``: ``restic restore``; ``casync``: ``casync extract`` over HTTP;
-   - ``fetch`` ceiling: every ranged GET of Ferry's plan at the same concurrency, discarded;
+   - ``fetch`` ceiling: every ranged GET of Ferry's plan at the same concurrency, received as Ferry
+     receives (into reused buffers) and discarded;
    - ``memory`` ceiling: the same ranges decompressed, verified and written from memory on all cores.
    The first run of every tool is checked byte for byte against the source. ``sync`` runs (untimed)
    after every measurement so no tool pays for the previous one's dirty pages.
@@ -30,20 +31,20 @@ import asyncio
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.measure import Measured, run_measured, summary
+from agent.settings import MiB
+from bench.measure import Measured, machine, run_measured, summary
 from bench.peers import Casync, Restic, same_content, versions
-from bench.workloads import GiB, MiB, Sizes, Workload, generate
+from bench.workloads import Sizes, Workload, generate
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, make_bucket
 
 RESULTS = Path(__file__).parent / "results"
@@ -52,31 +53,12 @@ PYTHON = sys.executable
 TOOLS = ("ferry", "restic", "casync", "fetch", "memory")
 
 
-def machine() -> dict[str, Any]:
-    model = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kib = int(f.readline().split()[1])
-    return {
-        "cpu": model,
-        "cpus": os.cpu_count(),
-        "memory_GiB": round(mem_kib / 2**20, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        **versions(),
-    }
-
-
 @dataclass(frozen=True)
 class Sample:
     m: Measured
     """The whole process."""
-    inner: dict[str, Any] | None
-    """Ferry and the ceilings: the timed part, as the child reported it."""
+    inner: Measured | None
+    """Ferry and the ceilings: the timed part, as the child reported it (peak RSS: the whole process's)."""
     sync_s: float
     """``sync`` right after the tool: writing out what it left in the page cache."""
 
@@ -101,17 +83,20 @@ class FerryRepo:
         self.snapshots[name or w.name] = json.loads(text[text.index("{\n") :])["snapshot_id"]
         return m
 
-    def run(self, mode: str, w: Workload, target: Path, name: str | None = None) -> tuple[Measured, dict[str, Any]]:
+    def run(
+        self, mode: str, w: Workload, target: Path, name: str | None = None, flags: Sequence[str] = ()
+    ) -> tuple[Measured, Measured]:
+        """``bench.ferry_run MODE`` (with tuning ``flags``): the whole process, and the timed part."""
         log = self.work / f"ferry-{mode}.log"
         argv = [
             *(PYTHON, "-m", "bench.ferry_run", mode, "--endpoint", self.endpoint, "--bucket", self.bucket),
-            *("--snapshot", self.snapshots[name or w.name], "--target", str(target)),
+            *("--snapshot", self.snapshots[name or w.name], "--target", str(target), *flags),
         ]
         m = run_measured(argv, w.size, env=self.env, cwd=ROOT, log=log)
         inner = json.loads(log.read_text().strip().splitlines()[-1])
         if inner["output_bytes"] != w.size:
             raise RuntimeError(f"ferry {mode} of {w.name} accounted for {inner['output_bytes']} of {w.size} bytes")
-        return m, inner
+        return m, Measured(inner["seconds"], inner["cpu_s"], m.peak_rss_bytes, w.size)
 
 
 def _target(out: Path, w: Workload) -> Path:
@@ -127,16 +112,6 @@ def _clean(out: Path) -> None:
     os.sync()
     if os.geteuid() == 0:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def _inner_summary(inners: list[dict[str, Any]], size: int) -> dict[str, Any]:
-    rates = [size / i["seconds"] / 1e9 for i in inners]
-    return {
-        "seconds": statistics.median(i["seconds"] for i in inners),
-        "GBps": statistics.median(rates),
-        "GBps_spread": [min(rates), max(rates)],
-        "cpu_s_per_GB": statistics.median(i["cpu_s"] / (size / 1e9) for i in inners),
-    }
 
 
 def ratios(tools: dict[str, Any]) -> dict[str, float]:
@@ -155,10 +130,6 @@ def ratios(tools: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-async def _bucket(server: SeaweedServer) -> str:
-    return await make_bucket(server)
-
-
 def run(
     work: Path, sizes: Sizes, runs: int, names: tuple[str, ...], peers: bool = True, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -167,10 +138,10 @@ def run(
     workloads = generate(work, sizes, names)
     server = SeaweedServer(work / "seaweedfs").start()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-    result: dict[str, Any] = {"machine": machine(), "runs": runs, "workloads": {}, "backup": {}}
+    result: dict[str, Any] = {"machine": {**machine(), **versions()}, "runs": runs, "workloads": {}, "backup": {}}
     try:
-        ferry = FerryRepo(server.endpoint, asyncio.run(_bucket(server)), work, env)
-        restic = Restic(work / "restic", server.endpoint, ACCESS_KEY, SECRET_KEY, asyncio.run(_bucket(server)))
+        ferry = FerryRepo(server.endpoint, asyncio.run(make_bucket(server)), work, env)
+        restic = Restic(work / "restic", server.endpoint, ACCESS_KEY, SECRET_KEY, asyncio.run(make_bucket(server)))
         with Casync(work / "casync") as casync:
             if peers:
                 restic.init()
@@ -200,7 +171,7 @@ def run(
                         target = _target(out, w)
                         if tool in ("restic", "casync"):
                             (out / tool).mkdir()
-                        inner: dict[str, Any] | None = None
+                        inner: Measured | None = None
                         if tool == "restic":
                             m, where = restic.restore(w, restic_ids[w.name], out / "restic")
                         elif tool == "casync":
@@ -237,7 +208,7 @@ def run(
             durable = [dataclasses.replace(x.m, wall_s=x.m.wall_s + x.sync_s) for x in samples]
             tools[tool] = {"process": summary([x.m for x in samples]), "durable": summary(durable)}
             if samples[0].inner is not None:
-                tools[tool]["inner"] = _inner_summary([x.inner for x in samples if x.inner is not None], w.size)
+                tools[tool]["inner"] = summary([x.inner for x in samples if x.inner is not None])
         result["workloads"][w.name] = {"bytes": w.size, "tools": tools, "ratios": ratios(tools)}
     if rss_cut:
         small, big = statistics.median(rss_cut), statistics.median(rss_full)
@@ -295,6 +266,3 @@ def main() -> None:
     for wname, data in result["workloads"].items():
         print(wname, json.dumps(data["ratios"]))
     print(f"wrote {RESULTS / name}")
-
-
-__all__ = ["GiB", "main", "run"]

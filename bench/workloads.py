@@ -8,7 +8,8 @@ Three workloads, the shapes a volume restore meets:
 - ``file``: one large file of mixed content in an otherwise empty directory.
 
 Generation is fast enough for GiBs (it stays in C: ``randbytes``, ``bytes.translate``, ``random.choices``)
-and every run is unique, so no tool gets to deduplicate what a real volume would not repeat.
+and every random, text or binary run is unique, so no tool gets to deduplicate what a real volume would not
+repeat.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-MiB = 1024 * 1024
-GiB = 1024 * MiB
+from agent.settings import GiB, MiB
 
 _WORDS = (
     b"ferry restore volume chunk verify snapshot kubernetes velero pack zstd blake3 block device filesystem "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from agent.repo.repository import Repository
 from agent.storage.local import LocalStorage
 from agent.storage.s3 import S3Storage
 from tests.support.kube import KubeServer, velero_crds
+from tests.support.loop import attached_loop
 from tests.support.seaweed import SeaweedServer, make_bucket, s3_settings_for
 
 
@@ -82,15 +82,8 @@ def loop_device(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     if os.geteuid() != 0:
         pytest.skip("loop devices need root")
     backing = tmp_path / "loop-backing.img"
-    with backing.open("wb") as f:
-        f.truncate(48 * 1024 * 1024)
-    device = subprocess.run(
-        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True, timeout=30
-    ).stdout.strip()
-    try:
+    with attached_loop(backing, 48 * 1024 * 1024) as device:
         yield device, backing
-    finally:
-        subprocess.run(["losetup", "--detach", device], check=False, timeout=30)
 
 
 pytest_plugins = ["tests.agent_fixtures"]

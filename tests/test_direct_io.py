@@ -7,7 +7,6 @@ import ctypes
 import mmap
 import os
 import random
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from agent.pipeline.restore import restore
 from agent.repo.repository import Repository
 from agent.repo.writer import create_snapshot
 from agent.settings import MiB, RestoreSettings, SnapshotSettings
+from tests.support.loop import attached_loop
 
 O_DIRECT_FLAG = os.O_DIRECT
 
@@ -94,20 +94,8 @@ def loop_4k(tmp_path: Path) -> Iterator[str]:
     """A loop device with 4 KiB logical sectors: it refuses direct I/O aligned only to 512 bytes."""
     if os.geteuid() != 0:
         pytest.skip("loop devices need root")
-    backing = tmp_path / "backing.img"
-    with backing.open("wb") as f:
-        f.truncate(8 * 1024 * 1024)
-    device = subprocess.run(
-        ["losetup", "--find", "--show", "--sector-size", "4096", str(backing)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    ).stdout.strip()
-    try:
+    with attached_loop(tmp_path / "backing.img", 8 * 1024 * 1024, "--sector-size", "4096") as device:
         yield device
-    finally:
-        subprocess.run(["losetup", "--detach", device], check=False, timeout=30)
 
 
 def test_a_refused_direct_write_falls_back_to_a_plain_one(loop_4k: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -126,23 +126,26 @@ async def transfer(
     budget = ByteBudget(settings.memory_bytes)
     ranges: Iterator[FetchRange] = iter(plan.ranges)
 
-    async def fetch(pack: str, offset: int, length: int) -> bytes:
+    async def fetch(pack: str, offset: int, into: memoryview) -> None:
         stats.requests += 1
-        data = await repo.read_pack_range(pack, offset, length)
-        stats.fetched_bytes += len(data)
-        return data
+        await repo.read_pack_range_into(pack, offset, into)
+        stats.fetched_bytes += len(into)
 
-    async def refetch(rng: FetchRange, job: ChunkJob, reason: str, attempt: int) -> None:
+    async def refetch(rng: FetchRange, job: ChunkJob, reason: str, attempt: int, buffer: bytearray) -> None:
+        """Fetch one failed chunk again on its own (into the range's buffer, which holds it) and write it."""
         stats.verify_failures += 1
         while attempt < settings.fetch_attempts:
             attempt += 1
             stats.refetches += 1
-            try:
-                data = await fetch(rng.pack, job.offset, job.stored)
-            except ObjectTruncated:
-                reason = "the pack ends before the chunk"
-                continue
-            written, bad = await pool.run(_decode_and_write, data, job.offset, [job], sink, pool.stop, plan.max_plain)
+            with memoryview(buffer)[: job.stored] as data:
+                try:
+                    await fetch(rng.pack, job.offset, data)
+                except ObjectTruncated:
+                    reason = "the pack ends before the chunk"
+                    continue
+                written, bad = await pool.run(
+                    _decode_and_write, data, job.offset, [job], sink, pool.stop, plan.max_plain
+                )
             if not bad:
                 advance(written)
                 return
@@ -154,24 +157,20 @@ async def transfer(
         held = await budget.acquire(rng.length)
         stats.in_flight_bytes = budget.used
         try:
-            data = memoryview(buffer)[: rng.length]
-            try:
-                stats.requests += 1
-                await repo.read_pack_range_into(rng.pack, rng.offset, data)
-                stats.fetched_bytes += rng.length
-            except ObjectTruncated:
-                # The pack is shorter than the range: find out chunk by chunk which ones are lost.
-                bad = [(job, "the pack ends before the chunk") for job in rng.chunks]
-                written = 0
-            else:
-                written, bad = await pool.run(
-                    _decode_and_write, data, rng.offset, rng.chunks, sink, pool.stop, plan.max_plain
-                )
-            finally:
-                data.release()
+            with memoryview(buffer)[: rng.length] as data:
+                try:
+                    await fetch(rng.pack, rng.offset, data)
+                except ObjectTruncated:
+                    # The pack is shorter than the range: find out chunk by chunk which ones are lost.
+                    bad = [(job, "the pack ends before the chunk") for job in rng.chunks]
+                    written = 0
+                else:
+                    written, bad = await pool.run(
+                        _decode_and_write, data, rng.offset, rng.chunks, sink, pool.stop, plan.max_plain
+                    )
             advance(written)
             for job, reason in bad:
-                await refetch(rng, job, reason, attempt=1)
+                await refetch(rng, job, reason, 1, buffer)
         finally:
             budget.release(held)
             stats.in_flight_bytes = budget.used

@@ -172,20 +172,9 @@ class S3Storage(Storage):
         return await self._call("GET", key, op)
 
     async def get_range(self, key: str, offset: int, length: int) -> bytes:
-        async def op() -> bytes:
-            response = await self.client.get_object(
-                Bucket=self._bucket, Key=self._key(key), Range=f"bytes={offset}-{offset + length - 1}"
-            )
-            async with response["Body"] as body:
-                data = await body.read()
-            if len(data) != length:
-                raise ObjectTruncated(
-                    f"{key!r} in {self.describe()} ends before byte {offset + length} "
-                    f"(got {len(data)} of {length} bytes at {offset})"
-                )
-            return data
-
-        return await self._call("GET", key, op)
+        buffer = bytearray(length)
+        await self.get_range_into(key, offset, memoryview(buffer))
+        return bytes(buffer)
 
     async def get_range_into(self, key: str, offset: int, buffer: memoryview) -> None:
         length = len(buffer)
@@ -195,14 +184,24 @@ class S3Storage(Storage):
                 Bucket=self._bucket, Key=self._key(key), Range=f"bytes={offset}-{offset + length - 1}"
             )
             filled = 0
+            extra = False
             async with response["Body"] as body:
-                # Each readinto hands over one buffered network read: one copy, into memory we reuse.
-                while filled < length:
-                    n = await body.readinto(buffer[filled:])  # type: ignore[arg-type]
-                    if n == 0:
+                # aiohttp's stream hands over the body as it arrived, one network read at a time: each is
+                # copied once, into memory we reuse. (The body's readinto joins buffered reads first, and
+                # then copies: it cost more CPU than one new bytes object per GET.)
+                stream = body.raw_stream.content
+                while True:
+                    piece, end_of_http_chunk = await stream.readchunk()
+                    if not piece:
+                        if end_of_http_chunk:  # a chunked body's chunk boundary, not its end
+                            continue
                         break
+                    n = min(len(piece), length - filled)
+                    buffer[filled : filled + n] = piece[:n] if n < len(piece) else piece
                     filled += n
-                extra = await body.read(1) if filled == length else b""
+                    if n < len(piece):
+                        extra = True
+                        break
             if filled != length:
                 raise ObjectTruncated(
                     f"{key!r} in {self.describe()} ends before byte {offset + length} "
