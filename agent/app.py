@@ -27,7 +27,7 @@ class Agent:
     def __init__(self, settings: AgentSettings, restorer: Restorer | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.restorer: Restorer = restorer or DataPathRestorer(self.metrics)
+        self.restorer: Restorer = restorer or DataPathRestorer(self.metrics, settings.repository)
         self.controller: Controller | None = None
         self.server: HealthServer | None = None
         self.started = asyncio.Event()

@@ -1,42 +1,53 @@
 """The ``ferry`` command line: flags → settings (``agent.settings``) → run → output.
 
-Exit status: 0 success, 1 a Ferry error (the message says why), 2 bad usage, 130 interrupted.
-Results go to stdout (``--json`` for machines); progress and summaries to stderr.
+Exit status: 0 success, 1 a Ferry error (the message says why), 2 bad usage, 3 done but incomplete
+(entries a snapshot could not read, snapshots a listing could not read, metadata a restore could not
+apply: each listed on stderr and in ``--json``; restic uses 3 the same way), 130 interrupted.
+Results go to stdout (``--json`` for machines); progress, summaries and problems to stderr. No command
+prints a traceback (``--log-level debug`` logs one for an unexpected error) or a credential.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict
 from typing import Any, TextIO
 
 import uvloop
 
 from agent import logs
+from agent.backup.writer import create_snapshot
 from agent.errors import ConfigError, FerryError
+from agent.fs.names import Problem, is_utf8, shown
 from agent.pipeline.restore import restore
+from agent.repo.format import Manifest
 from agent.repo.repository import Repository
-from agent.repo.writer import create_snapshot
 from agent.settings import (
     MiB,
+    RepositorySettings,
     RestoreSettings,
     S3Settings,
     SnapshotSettings,
     agent_settings_from_env,
     parse_size,
+    repository_settings_from_env,
     s3_settings_from_env,
 )
 from agent.storage import open_storage
 
 log = logging.getLogger("ferry")
+
+EXIT_INCOMPLETE = 3
+"""Done, but not everything: the problems are listed (as restic's exit status 3)."""
 
 
 def human_bytes(n: float) -> str:
@@ -90,6 +101,11 @@ def _add_repo_flags(p: argparse.ArgumentParser) -> None:
         help="do not verify TLS (testing only)",
     )
     g.add_argument("--s3-profile", help="profile in the shared credentials file (AWS_PROFILE)")
+    g.add_argument(
+        "--manifest-memory",
+        help=f"most memory one snapshot's manifest may take (FERRY_MANIFEST_MEMORY; "
+        f"default {RepositorySettings.manifest_memory_bytes // MiB}MiB)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -178,14 +194,32 @@ def s3_settings(args: argparse.Namespace) -> S3Settings:
     )
 
 
+def repository_settings(args: argparse.Namespace) -> RepositorySettings:
+    memory = parse_size(args.manifest_memory, "--manifest-memory") if args.manifest_memory else None
+    return repository_settings_from_env(os.environ, manifest_memory_bytes=memory)
+
+
 async def _with_repo(args: argparse.Namespace, body: Callable[[Repository], Awaitable[int]]) -> int:
+    settings = repository_settings(args)
     storage = await open_storage(args.repo, s3_settings(args))
     async with storage:
-        return await body(Repository(storage))
+        return await body(Repository(storage, settings))
 
 
 def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
     sys.stdout.write((json.dumps(payload, indent=2) if args.json else text) + "\n")
+
+
+def _problem_json(problem: Problem) -> dict[str, str]:
+    """A path for machines: as text if it is UTF-8, else its bytes in base64 (``rawPath``)."""
+    if is_utf8(problem.path):
+        return {"path": problem.path, "reason": problem.reason}
+    return {"rawPath": base64.b64encode(os.fsencode(problem.path)).decode("ascii"), "reason": problem.reason}
+
+
+def _report(what: str, problems: Iterable[Problem]) -> None:
+    for problem in problems:
+        sys.stderr.write(f"ferry: {what} {problem}\n")
 
 
 async def cmd_snapshot_create(args: argparse.Namespace) -> int:
@@ -201,6 +235,8 @@ async def cmd_snapshot_create(args: argparse.Namespace) -> int:
         bar = ProgressBar("snapshot", sys.stderr)
         result = await create_snapshot(repo, args.source, settings, bar)
         rate = result.size / max(result.seconds, 1e-9)
+        _report("skipped", result.skipped)
+        _report("note:", result.notes)
         if not args.json:
             sys.stderr.write(
                 f"{result.mode} snapshot of {human_bytes(result.size)} in {result.seconds:.2f} s "
@@ -209,15 +245,21 @@ async def cmd_snapshot_create(args: argparse.Namespace) -> int:
                 f"{human_bytes(result.hole_bytes)} of zeros\n"
             )
             if result.skipped:
-                sys.stderr.write(f"skipped {len(result.skipped)} special files (sockets, FIFOs, devices)\n")
-        _emit(args, asdict(result), result.snapshot_id)
-        return 0
+                sys.stderr.write(
+                    f"ferry: the snapshot was saved without {len(result.skipped)} entries that could not be read "
+                    "(listed above)\n"
+                )
+        payload = asdict(result)
+        payload["skipped"] = [_problem_json(p) for p in result.skipped]
+        payload["notes"] = [_problem_json(p) for p in result.notes]
+        _emit(args, payload, result.snapshot_id)
+        return EXIT_INCOMPLETE if result.skipped else 0
 
     return await _with_repo(args, body)
 
 
-def _summary(snapshot_id: str, m: Any) -> dict[str, Any]:
-    stored = sum(rec.stored for rec in m.chunks)
+def _summary(snapshot_id: str, m: Manifest) -> dict[str, Any]:
+    stored = sum(m.chunks.columns().stored)
     return {
         "id": snapshot_id,
         "format": f"{m.version[0]}.{m.version[1]}",
@@ -235,24 +277,31 @@ def _summary(snapshot_id: str, m: Any) -> dict[str, Any]:
 
 async def cmd_snapshot_list(args: argparse.Namespace) -> int:
     async def body(repo: Repository) -> int:
-        ids = await repo.snapshot_ids()
-        rows = [_summary(i, await repo.read_manifest(i)) for i in ids]
+        rows: list[dict[str, Any]] = []
+        unreadable = 0
+        for snapshot_id in await repo.snapshot_ids():
+            try:
+                rows.append(_summary(snapshot_id, await repo.read_manifest(snapshot_id)))
+            except FerryError as e:  # one bad manifest does not hide the others
+                unreadable += 1
+                sys.stderr.write(f"ferry: snapshot {snapshot_id} cannot be read: {logs.redact(str(e))}\n")
         rows.sort(key=lambda r: r["created"])
         lines = [f"{'ID':64}  {'MODE':10}  {'SIZE':>12}  CREATED               SOURCE"]
         lines += [
-            f"{r['id']}  {r['mode']:10}  {human_bytes(r['size']):>12}  {r['created']:20}  {r['source'].get('path', '')}"
+            f"{r['id']}  {r['mode']:10}  {human_bytes(r['size']):>12}  {shown(r['created']):20}  "
+            f"{shown(r['source'].get('path', ''))}"
             for r in rows
         ]
         _emit(args, rows, "\n".join(lines))
-        return 0
+        return EXIT_INCOMPLETE if unreadable else 0
 
     return await _with_repo(args, body)
 
 
 async def cmd_snapshot_show(args: argparse.Namespace) -> int:
     async def body(repo: Repository) -> int:
-        info = _summary(args.snapshot_id.lower(), await repo.read_manifest(args.snapshot_id))
-        text = "\n".join(f"{k + ':':14}{v}" for k, v in info.items())
+        info = _summary(args.snapshot_id.strip().lower(), await repo.read_manifest(args.snapshot_id))
+        text = "\n".join(f"{k + ':':14}{shown(v) if isinstance(v, str) else v}" for k, v in info.items())
         _emit(args, info, text)
         return 0
 
@@ -273,13 +322,16 @@ async def cmd_restore(args: argparse.Namespace) -> int:
     async def body(repo: Repository) -> int:
         result = await restore(repo, args.snapshot, args.target, settings, ProgressBar("restore", sys.stderr))
         rate = result.total_bytes / max(result.seconds, 1e-9)
+        _report("not restored:", result.problems)
         if not args.json:
             sys.stderr.write(
                 f"restored {human_bytes(result.total_bytes)} in {result.seconds:.2f} s ({human_bytes(rate)}/s), "
                 f"{human_bytes(result.fetched_bytes)} fetched in {result.requests} requests, every chunk verified\n"
             )
-        _emit(args, asdict(result), f"restored {args.snapshot} to {args.target}")
-        return 0
+        payload = asdict(result)
+        payload["problems"] = [_problem_json(p) for p in result.problems]
+        _emit(args, payload, f"restored {args.snapshot} to {shown(args.target)}")
+        return EXIT_INCOMPLETE if result.problems else 0
 
     return await _with_repo(args, body)
 
@@ -325,24 +377,44 @@ COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], Coroutine[
 }
 
 
+def _fail(message: str) -> None:
+    """One line on stderr, whatever the message holds."""
+    sys.stderr.write("ferry: " + logs.redact(message).replace("\r", " ").replace("\n", " ") + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = args.log_level or os.environ.get("FERRY_LOG_LEVEL") or "warning"
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = (args.log_level or os.environ.get("FERRY_LOG_LEVEL") or "warning").lower()
+    if level not in ("debug", "info", "warning", "error"):
+        parser.error(f"--log-level {level!r} must be debug, info, warning or error")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        logs.add_secret(os.environ.get(name))
+    logs.configure("text", level, quiet_libraries=False)
     command = COMMANDS[(args.command, getattr(args, "action", None))]
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(command(args))
     except ConfigError as e:
-        sys.stderr.write(f"ferry: {e}\n")
+        _fail(str(e))
         return 2
     except FerryError as e:
-        sys.stderr.write(f"ferry: {e}\n")
+        _fail(str(e))
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("ferry: interrupted\n")
         return 130
+    except OSError as e:  # a local file the command was given (a target, a source): say which and why
+        where = f": {shown(os.fsdecode(e.filename))}" if e.filename is not None else ""
+        log.debug("unexpected OS error", exc_info=True)
+        _fail(f"{e.strerror or e}{where}")
+        return 1
+    except Exception as e:  # a bug: one line for the user, the traceback at --log-level debug
+        log.debug("unexpected error", exc_info=True)
+        _fail(
+            f"internal error ({type(e).__name__}: {e}); this is a bug in Ferry, run with --log-level debug for details"
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,10 +7,13 @@
     │   ├── ObjectNotFound            the key does not exist
     │   ├── BucketNotFound            the bucket does not exist
     │   ├── AccessDenied              credentials missing, wrong, or not allowed
-    │   └── ObjectTruncated           a ranged read returned fewer bytes than the object should hold
+    │   ├── ObjectTruncated           the object is shorter than a read needs (the store says so)
+    │   ├── ObjectTooLarge            an object is larger than the reader takes into memory
+    │   └── CorruptedInTransit        every fetch of an object came back different: the path corrupts data
     ├── RepositoryError               the repository's content is not what the format promises
     │   ├── SnapshotNotFound          no manifest under that snapshot ID
     │   ├── ManifestInvalid           truncated, tampered, or not a manifest at all
+    │   ├── ManifestTooLarge          it describes more than the manifest memory limit allows
     │   ├── UnsupportedFormat         a format major version this Ferry does not read
     │   ├── PackMissing               a pack the manifest names is gone
     │   └── ChunkCorrupt              a chunk stayed bad after every allowed re-fetch
@@ -71,7 +74,16 @@ class AccessDenied(StorageError):
 
 
 class ObjectTruncated(StorageError):
-    """A read returned fewer bytes than were asked for: the object is shorter than expected."""
+    """The object is shorter than a read needs, as the store itself reports (its size, or a 416)."""
+
+
+class ObjectTooLarge(StorageError):
+    """An object is larger than the reader will hold in memory."""
+
+
+class CorruptedInTransit(StorageError):
+    """An object's bytes failed their check on every fetch, and no two fetches agreed: the network path
+    or the server corrupts data in flight; the stored object may be intact."""
 
 
 class RepositoryError(FerryError):
@@ -86,6 +98,10 @@ class ManifestInvalid(RepositoryError):
     """A manifest is truncated, tampered with, or malformed."""
 
 
+class ManifestTooLarge(RepositoryError):
+    """A manifest describes more (entries, chunks, slots) than the manifest memory limit allows."""
+
+
 class UnsupportedFormat(RepositoryError):
     """The manifest uses a format major version this build cannot read."""
 
@@ -95,12 +111,12 @@ class PackMissing(RepositoryError):
 
 
 class ChunkCorrupt(RepositoryError):
-    """A chunk failed decompression or verification on every allowed fetch."""
+    """A chunk failed decompression or verification, with the same stored bytes on two fetches."""
 
     def __init__(self, chunk_id: str, pack: str, offset: int, reason: str, attempts: int) -> None:
         super().__init__(
-            f"chunk {chunk_id} in pack {pack} at offset {offset} is corrupt ({reason}) "
-            f"after {attempts} fetches; the repository is damaged, restore from another snapshot"
+            f"chunk {chunk_id} in pack {pack} at offset {offset} is corrupt ({reason}): the same bytes came back "
+            f"in {attempts} fetches, so the repository is damaged; restore from another snapshot"
         )
         self.chunk_id = chunk_id
         self.pack = pack

@@ -3,17 +3,21 @@ location names, restore through the pipeline, and feed the agent's metrics on th
 
 from __future__ import annotations
 
+import logging
 import time
 
 from agent.controller.jobs import Progress, RestoreJob
-from agent.errors import StorageError
+from agent.errors import FerryError
 from agent.metrics import Metrics
 from agent.pipeline.restore import restore
 from agent.pipeline.transfer import TransferStats
 from agent.repo.repository import Repository
+from agent.settings import RepositorySettings
 from agent.storage.base import Storage
 from agent.storage.s3 import S3Storage
 from agent.storage.url import velero_repository_prefix
+
+log = logging.getLogger(__name__)
 
 
 class MeteredStorage(Storage):
@@ -26,8 +30,8 @@ class MeteredStorage(Storage):
     def describe(self) -> str:
         return self._inner.describe()
 
-    async def get(self, key: str) -> bytes:
-        return await self._inner.get(key)
+    async def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        return await self._inner.get(key, max_bytes)
 
     async def get_range(self, key: str, offset: int, length: int) -> bytes:
         started = time.monotonic()
@@ -59,12 +63,13 @@ class MeteredStorage(Storage):
 class DataPathRestorer:
     """Implements ``agent.controller.jobs.Restorer`` with S3 storage and the restore pipeline."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, repository: RepositorySettings | None = None) -> None:
         self._metrics = metrics
+        self._repository = repository or RepositorySettings()
         self._stats: dict[int, TransferStats] = {}
         metrics.track_inflight(lambda: float(sum(s.in_flight_bytes for s in self._stats.values())))
 
-    def _on_retry(self, op: str, key: str, attempt: int, error: StorageError) -> None:
+    def _on_retry(self, op: str, key: str, attempt: int, error: FerryError) -> None:
         self._metrics.storage_retries.inc()
 
     async def __call__(self, job: RestoreJob, progress: Progress) -> None:
@@ -85,7 +90,10 @@ class DataPathRestorer:
         self._stats[id(stats)] = stats
         try:
             async with MeteredStorage(s3, self._metrics) as storage:
-                await restore(Repository(storage), job.snapshot_id, job.target, job.settings, on_progress, stats)
+                repo = Repository(storage, self._repository)
+                result = await restore(repo, job.snapshot_id, job.target, job.settings, on_progress, stats)
+            for problem in result.problems:  # the data is complete; this metadata could not be applied
+                log.warning("not restored: %s", problem, extra={"snapshot": job.snapshot_id})
         finally:
             del self._stats[id(stats)]
             self._metrics.verification_failures.inc(stats.verify_failures)

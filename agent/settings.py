@@ -76,6 +76,24 @@ def parse_seconds(text: str, what: str) -> float:
     return value
 
 
+def redact_url(url: str) -> str:
+    """A URL fit for messages: any user and password in it replaced by ``***`` (RFC 3986 userinfo)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@", r"\1***@", url.strip())
+
+
+def check_endpoint(url: str, what: str) -> str:
+    """``url`` if it is an http(s) endpoint without credentials in it; else ConfigError (which never
+    repeats a credential)."""
+    if redact_url(url) != url.strip():
+        raise ConfigError(
+            f"{what} {redact_url(url)!r} carries credentials: they do not belong in a URL (they end up in logs "
+            "and process lists); give them as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a credentials file or a profile"
+        )
+    if not re.match(r"^https?://[^/]+", url):
+        raise ConfigError(f"{what} {url!r} must be an http:// or https:// URL")
+    return url
+
+
 def cpu_count() -> int:
     """CPUs this process may run on (the affinity mask, which containers narrow), at least 1."""
     try:
@@ -124,6 +142,8 @@ class S3Settings:
     """Connection pool size; must exceed the reads and uploads in flight."""
 
     def __post_init__(self) -> None:
+        if self.endpoint_url is not None:
+            check_endpoint(self.endpoint_url, "S3 endpoint")
         if self.max_attempts < 1:
             raise ConfigError("S3 max_attempts must be at least 1")
         if self.connect_timeout_s <= 0 or self.request_timeout_s <= 0:
@@ -148,10 +168,38 @@ def s3_settings_from_env(env: Mapping[str, str], **overrides: object) -> S3Setti
         "ca_bundle": env.get("AWS_CA_BUNDLE") or None,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
-    endpoint = values["endpoint_url"]
-    if endpoint is not None and not re.match(r"^https?://[^/]+", str(endpoint)):
-        raise ConfigError(f"S3 endpoint {endpoint!r} must be an http:// or https:// URL")
+    if values["endpoint_url"] is not None:
+        check_endpoint(str(values["endpoint_url"]), "S3 endpoint")
     return S3Settings(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RepositorySettings:
+    """How manifests are read (by every command and the agent)."""
+
+    manifest_memory_bytes: int = 1 * GiB
+    """Most memory one parsed manifest may take (its entries, chunk table and slots, estimated as they
+    are read) and the largest stored manifest fetched: a manifest describing more is refused in one line
+    instead of exhausting the process. A filesystem of a million files takes about 500 MiB."""
+    manifest_fetch_attempts: int = 5
+    """Fetches of a manifest whose bytes do not match its ID before it is called damaged (the same
+    wrong bytes twice) or corrupted in transit (different bytes every time)."""
+
+    def __post_init__(self) -> None:
+        if self.manifest_memory_bytes < 1 * MiB:
+            raise ConfigError("the manifest memory limit must be at least 1 MiB")
+        if self.manifest_fetch_attempts < 2:
+            raise ConfigError("manifest fetch attempts must be at least 2 (one to compare with)")
+
+
+def repository_settings_from_env(env: Mapping[str, str], **overrides: object) -> RepositorySettings:
+    """Repository settings from ``FERRY_MANIFEST_MEMORY`` (a size, e.g. ``256MiB``), then overrides."""
+    values: dict[str, object] = {}
+    text = env.get("FERRY_MANIFEST_MEMORY", "").strip()
+    if text:
+        values["manifest_memory_bytes"] = parse_size(text, "FERRY_MANIFEST_MEMORY")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return RepositorySettings(**values)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -197,9 +245,10 @@ class SnapshotSettings:
 
 @dataclass(frozen=True)
 class RestoreSettings:
-    """How a restore fetches, verifies and writes. Memory does not grow with the volume: one receive
-    buffer per read in flight (``max_range_bytes``, or a single larger chunk), fetched-but-unwritten
-    bytes bounded by ``memory_bytes``, and one decode buffer of the largest chunk per thread."""
+    """How a restore fetches, verifies and writes. Memory does not grow with the volume: ``memory_bytes``
+    holds every buffer, the receive buffers of the reads in flight (``max_range_bytes`` each, or a single
+    larger chunk) and each decoding thread's output buffer and zstd window (twice the snapshot's largest
+    chunk); a restore runs fewer threads than ``threads`` if the limit holds no more."""
 
     reads_in_flight: int = 8
     """Ranged GETs in flight at once."""
@@ -209,11 +258,12 @@ class RestoreSettings:
     max_gap_bytes: int = 1 * MiB
     """Coalescing reads through gaps (chunks this restore does not need) up to this size."""
     memory_bytes: int = 96 * MiB
-    """Fetched bytes held at once, from the start of a GET until its chunks are written."""
+    """Every buffer a restore holds: receive buffers and decode buffers."""
     threads: int = 0
     """Decompress/verify/write threads; 0 means one per CPU."""
-    fetch_attempts: int = 3
-    """Fetches of a chunk that fails decompression or verification before the restore fails."""
+    fetch_attempts: int = 5
+    """Fetches of a chunk that fails decompression or verification: the same wrong bytes twice mean it is
+    damaged in storage; different wrong bytes every time, that the path to storage corrupts data."""
     direct_io: bool = True
     """Write restored data with O_DIRECT where it lines up (whole 4 KiB blocks), bypassing the page cache:
     less CPU per GB and no cache pressure on the node. Falls back to plain writes where the filesystem
@@ -229,8 +279,8 @@ class RestoreSettings:
             raise ConfigError("max range must be >= 64 KiB and max gap >= 0")
         if self.memory_bytes < self.max_range_bytes:
             raise ConfigError("the memory limit must be at least the maximum range size")
-        if self.threads < 0 or self.fetch_attempts < 1:
-            raise ConfigError("threads must be >= 0 and fetch attempts >= 1")
+        if self.threads < 0 or self.fetch_attempts < 2:
+            raise ConfigError("threads must be >= 0 and fetch attempts >= 2 (one to compare with)")
 
     @property
     def worker_threads(self) -> int:
@@ -276,6 +326,8 @@ class AgentSettings:
     """Path of a kubeconfig file; None: the in-cluster service account."""
     restore: RestoreSettings = field(default_factory=RestoreSettings)
     """Defaults for every restore; a DataDownload's ``spec.dataMoverConfig`` may override some."""
+    repository: RepositorySettings = field(default_factory=RepositorySettings)
+    """How manifests are read (``FERRY_MANIFEST_MEMORY``): keep the limit below the pod's memory limit."""
 
     def __post_init__(self) -> None:
         if not self.node_name:
@@ -320,6 +372,13 @@ _RESTORE_ENV: dict[str, tuple[str, Callable[[str, str], object]]] = {
 }
 
 
+def agent_env_names() -> set[str]:
+    """Every environment variable ``ferry agent`` reads (for checking deployments against it)."""
+    names = {"KUBECONFIG" if f.name == "kubeconfig" else _env_name(f.name) for f in fields(AgentSettings)}
+    names -= {_env_name("restore"), _env_name("repository")}
+    return names | set(_RESTORE_ENV) | {"FERRY_MANIFEST_MEMORY"}
+
+
 def restore_settings_from_env(env: Mapping[str, str]) -> RestoreSettings:
     """Restore defaults from ``FERRY_RESTORE_*`` variables (sizes in binary units, e.g. ``16MiB``)."""
     values = {name: parse(env[var], var) for var, (name, parse) in _RESTORE_ENV.items() if env.get(var, "").strip()}
@@ -331,7 +390,7 @@ def agent_settings_from_env(env: Mapping[str, str], **overrides: object) -> Agen
     on top; overrides whose value is None are ignored. Durations are seconds, e.g. FERRY_PROGRESS_INTERVAL=5."""
     values: dict[str, object] = {}
     for f in fields(AgentSettings):
-        if f.name == "restore":
+        if f.name in ("restore", "repository"):
             continue
         name = "KUBECONFIG" if f.name == "kubeconfig" else _env_name(f.name)
         text = env.get(name)
@@ -340,6 +399,7 @@ def agent_settings_from_env(env: Mapping[str, str], **overrides: object) -> Agen
         parser = _AGENT_PARSERS.get(f.name)
         values[f.name] = parser(text, name) if parser is not None else text
     values["restore"] = restore_settings_from_env(env)
+    values["repository"] = repository_settings_from_env(env)
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "node_name" not in values:
         raise ConfigError("the node name is required: set FERRY_NODE_NAME from the downward API (spec.nodeName)")

@@ -32,15 +32,7 @@ class WorkerPool:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             self.stop.set()
-            while not future.done():
-                try:
-                    await asyncio.shield(future)
-                except asyncio.CancelledError:
-                    continue
-                except BaseException:  # noqa: BLE001 - the cancellation wins; the error is moot
-                    break
-            if not future.cancelled():
-                future.exception()  # mark retrieved
+            await _finished(future)
             raise
 
     def close(self) -> None:
@@ -57,3 +49,31 @@ class WorkerPool:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+async def offload(fn: Callable[[threading.Event], T]) -> T:
+    """Run ``fn(stop)`` in a thread of the loop's default executor. If the awaiting task is cancelled,
+    ``stop`` is set (``fn`` should return soon when it sees it) and the cancellation is re-raised only
+    once ``fn`` has returned: no thread outlives its caller."""
+    stop = threading.Event()
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(None, fn, stop)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        stop.set()
+        await _finished(future)
+        raise
+
+
+async def _finished(future: asyncio.Future[T]) -> None:
+    """Wait until a thread's future is done, through any number of cancellations; its outcome is moot."""
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            continue
+        except BaseException:  # noqa: BLE001 - the cancellation wins; the error is moot
+            break
+    if not future.cancelled():
+        future.exception()  # mark retrieved

@@ -44,7 +44,7 @@ class MemoryStorage(Storage):
     def describe(self) -> str:
         return "memory"
 
-    async def get(self, key: str) -> bytes:
+    async def get(self, key: str, max_bytes: int | None = None) -> bytes:
         try:
             return self._whole[key]
         except KeyError:

@@ -79,8 +79,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from agent.backup.writer import create_snapshot
 from agent.repo.repository import Repository
-from agent.repo.writer import create_snapshot
 from agent.settings import MiB, SnapshotSettings
 from agent.storage.s3 import S3Storage
 from agent.storage.url import velero_repository_prefix

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.pipeline.plan import Plan, plan_block, plan_tree
+from agent.repo.decoder import decode_manifest
 from agent.repo.format import (
     CHUNK_RECORD,
     HOLE,
@@ -43,7 +44,6 @@ from agent.repo.format import (
     Entry,
     Manifest,
     Meta,
-    decode_manifest,
     encode_manifest,
     snapshot_id_of,
 )

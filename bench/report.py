@@ -199,6 +199,22 @@ def profile_table(paths: list[Path]) -> list[str]:
     return [*lines, ""]
 
 
+def hostile_table(h: dict[str, Any]) -> list[str]:
+    lines = [
+        "Command: `python -m bench.hostile`; each stored manifest decoded in a fresh process; peak RSS is the "
+        "process's own (VmHWM), imports included. The limit is the manifest memory limit the case ran under.",
+        "",
+        "| manifest | stored bytes | outcome | seconds | peak RSS MiB |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in h.items():
+        outcome = str(row["outcome"]).replace("|", "/")
+        lines.append(
+            f"| {name} | {row['stored_bytes']:,} | {outcome} | {row['seconds']:.2f} | **{row['peak_rss_MiB']:.0f}** |"
+        )
+    return [*lines, ""]
+
+
 def render(results: Path) -> list[str]:
     lines: list[str] = []
     restore = results / "restore.json"
@@ -223,6 +239,9 @@ def render(results: Path) -> list[str]:
     planning = results / "planning.json"
     if planning.exists():
         lines += ["### Planning large snapshots", "", *planning_table(json.loads(planning.read_text()))]
+    hostile = results / "hostile.json"
+    if hostile.exists():
+        lines += ["### Hostile manifests", "", *hostile_table(json.loads(hostile.read_text()))]
     return lines
 
 

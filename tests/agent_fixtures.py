@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.backup.writer import create_snapshot
 from agent.repo.repository import Repository
-from agent.repo.writer import create_snapshot
 from agent.settings import MiB, SnapshotSettings
 from agent.storage.s3 import S3Storage
 from agent.storage.url import velero_repository_prefix

@@ -31,7 +31,7 @@ async def restore_once(cluster: Cluster, name: str, snapshot_id: str, **dd: obje
         ),
         ({"provider": "gcp"}, "uses Google Cloud Storage (gcp), which Ferry cannot read"),
         ({"config": {"s3ForcePathStyle": "maybe"}}, "config.s3ForcePathStyle: 'maybe' is not a boolean"),
-        ({"config": {"s3Url": "minio:9000"}}, "config.s3Url 'minio:9000' must start with http:// or https://"),
+        ({"config": {"s3Url": "minio:9000"}}, "config.s3Url 'minio:9000' must be an http:// or https:// URL"),
         (
             {"credential": {"name": "absent", "key": "cloud"}},
             "Secret velero/absent key 'cloud' (spec.credential of BackupStorageLocation velero/nowhere) does not exist",

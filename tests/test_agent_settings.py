@@ -99,3 +99,10 @@ def test_data_mover_config_keys() -> None:
     assert settings.direct_io is False
     assert unknown == ["SomethingElse"]
     assert restore_settings_for({}, RestoreSettings()) == (RestoreSettings(), [])
+
+
+def test_the_manifest_memory_limit_is_a_node_setting() -> None:
+    settings = agent_settings_from_env({"FERRY_NODE_NAME": "n", "FERRY_MANIFEST_MEMORY": "256MiB"})
+    assert settings.repository.manifest_memory_bytes == 256 * 1024 * 1024
+    with pytest.raises(ConfigError, match="FERRY_MANIFEST_MEMORY"):
+        agent_settings_from_env({"FERRY_NODE_NAME": "n", "FERRY_MANIFEST_MEMORY": "lots"})

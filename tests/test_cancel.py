@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.backup.writer import create_snapshot
 from agent.pipeline.restore import restore
-from agent.pipeline.transfer import ByteBudget
+from agent.pipeline.transfer import BufferPool
 from agent.repo.repository import Repository
-from agent.repo.writer import create_snapshot
 from agent.settings import MiB, RestoreSettings, SnapshotSettings
 from agent.storage.base import Storage
 from agent.storage.local import LocalStorage
@@ -70,7 +70,7 @@ async def test_cancel_while_waiting_on_storage(tmp_path: Path) -> None:
     storage = GatedStorage(str(tmp_path / "repo"), open_reads=1_000_000)
     sid = await _snapshot(storage, tmp_path, 24 * MiB)
     storage.open_reads = 2
-    settings = RestoreSettings(reads_in_flight=4, max_range_bytes=1 * MiB, memory_bytes=4 * MiB)
+    settings = RestoreSettings(reads_in_flight=4, max_range_bytes=1 * MiB, memory_bytes=16 * MiB)
     elapsed = await _cancel_after_first_progress(Repository(storage), sid, tmp_path / "out.img", settings)
     assert elapsed < 1.0
 
@@ -83,17 +83,27 @@ async def test_cancel_while_threads_are_busy(tmp_path: Path) -> None:
     assert elapsed < 1.0
 
 
-async def test_byte_budget_survives_cancelled_waiters() -> None:
-    budget = ByteBudget(10)
-    assert await budget.acquire(10) == 10
-    waiter = asyncio.create_task(budget.acquire(5))
-    second = asyncio.create_task(budget.acquire(5))
+async def test_buffer_pool_survives_cancelled_waiters_and_stays_within_its_limit() -> None:
+    pool = BufferPool(limit=10, size=4)
+    first = await pool.take(10)
+    assert (len(first), pool.allocated, pool.held) == (10, 10, 10)
+    waiter = asyncio.create_task(pool.take(5))
+    second = asyncio.create_task(pool.take(5))
     await asyncio.sleep(0)  # let both queue
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    budget.release(10)
-    assert await second == 5
-    assert budget.used == 5
-    budget.release(5)
-    assert await budget.acquire(50) == 10, "a request larger than the budget takes all of it"
+    pool.give(first)
+    got = await second
+    assert len(got) == 10, "a free buffer large enough is reused, not reallocated"
+    assert pool.allocated == 10
+    pool.give(got)
+    big = await pool.take(50)
+    assert len(big) == 50, "a request larger than the limit is served alone"
+    assert pool.allocated == 50
+    small = asyncio.create_task(pool.take(4))
+    await asyncio.sleep(0)
+    assert not small.done(), "nothing more is allocated while the pool is over its limit"
+    pool.give(big)
+    assert len(await small) >= 4
+    assert pool.allocated <= 10, "the oversized buffer was dropped to make room"

@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from agent.settings import AgentSettings
+from agent.settings import AgentSettings, RepositorySettings, agent_env_names, parse_size
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "daemonset"
@@ -43,6 +43,7 @@ DOCUMENTED_ENV = {
     "FERRY_LOG_FORMAT",
     "FERRY_CREDENTIALS_FILE",
     "FERRY_SHUTDOWN_GRACE",
+    "FERRY_MANIFEST_MEMORY",
 }
 
 Rule = tuple[str, str, str]  # (API group, resource, verb)
@@ -336,7 +337,8 @@ def test_env_names_are_all_documented_settings() -> None:
 
 def test_env_names_are_settings_the_agent_reads() -> None:
     """``AgentSettings``: each field ``x`` (``x_s`` for seconds) is read from ``FERRY_X``."""
-    read = {"FERRY_" + f.name.removesuffix("_s").upper() for f in dataclasses.fields(AgentSettings)}
+    read = agent_env_names()
+    assert "FERRY_NODE_NAME" in read
     assert set(_env()) <= read, f"set but not read by the agent: {sorted(set(_env()) - read)}"
 
 
@@ -461,6 +463,9 @@ def test_deploy_doc_settings_table_matches_the_daemonset() -> None:
 def test_deploy_doc_defaults_match_the_agent() -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(AgentSettings)}
     for name, (documented, _) in _doc_settings().items():
+        if name == "FERRY_MANIFEST_MEMORY":
+            assert parse_size(documented, name) == RepositorySettings().manifest_memory_bytes
+            continue
         field = name.removeprefix("FERRY_").lower()
         default = defaults.get(field, defaults.get(field + "_s"))
         if default is dataclasses.MISSING:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from agent.backup.writer import create_snapshot
 from agent.pipeline import direct
 from agent.pipeline.block_target import BlockTarget
 from agent.pipeline.direct import ALIGN, address, open_direct, pad_for, write_split
 from agent.pipeline.restore import restore
 from agent.repo.repository import Repository
-from agent.repo.writer import create_snapshot
 from agent.settings import MiB, RestoreSettings, SnapshotSettings
 from tests.support.loop import attached_loop
 

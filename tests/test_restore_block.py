@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from agent.backup.writer import create_snapshot
 from agent.errors import TargetError, TargetTooSmall
 from agent.pipeline.restore import restore
 from agent.repo.repository import Repository
-from agent.repo.writer import create_snapshot
 from agent.settings import KiB, MiB, RestoreSettings, SnapshotSettings
 from tests.support.data import write_mixed_image
 
 SNAP = SnapshotSettings(block_chunk_bytes=256 * KiB, pack_bytes=2 * MiB, threads=2)
-TIGHT = RestoreSettings(reads_in_flight=4, max_range_bytes=512 * KiB, max_gap_bytes=64 * KiB, memory_bytes=1 * MiB)
+TIGHT = RestoreSettings(reads_in_flight=4, max_range_bytes=512 * KiB, max_gap_bytes=64 * KiB, memory_bytes=2 * MiB)
 
 
 def allocated(path: Path) -> int:
@@ -107,7 +107,7 @@ async def test_loop_device_round_trip(
     snap = await create_snapshot(repo, str(image), SNAP)
     with open(device, "r+b") as f:  # a dirty device: old data everywhere
         f.write(b"\x5a" * (48 * MiB))
-    settings = RestoreSettings(reads_in_flight=4, max_range_bytes=1 * MiB, memory_bytes=4 * MiB, sparse=sparse)
+    settings = RestoreSettings(reads_in_flight=4, max_range_bytes=1 * MiB, memory_bytes=16 * MiB, sparse=sparse)
     await restore(repo, snap.snapshot_id, device, settings)
     with open(device, "rb") as f:
         restored = f.read(image.stat().st_size)
@@ -117,7 +117,7 @@ async def test_loop_device_round_trip(
         # --sparse promises a zeroed device; on this dirty one the holes keep the old bytes, data is exact.
         m = await repo.read_manifest(snap.snapshot_id)
         cs = m.chunk_size
-        for slot, chunk in enumerate(m.slots):
+        for slot, chunk in enumerate(m.slot_values()):
             piece = slice(slot * cs, min((slot + 1) * cs, m.size))
             assert restored[piece] == (b"\x5a" * len(original[piece]) if chunk < 0 else original[piece])
     else:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 from pathlib import Path
 
 import pytest
 
+from agent.backup.writer import create_snapshot
 from agent.errors import SourceError
 from agent.repo.format import HOLE
 from agent.repo.repository import Repository
-from agent.repo.writer import create_snapshot
 from agent.settings import KiB, MiB, SnapshotSettings
 from tests.support.data import make_sample_tree
 
@@ -32,8 +33,9 @@ async def test_block_snapshot_records_chunks_holes_and_tail(repo: Repository, tm
     m = await repo.read_manifest(result.snapshot_id)
     assert m.mode == "block"
     assert m.size == image.stat().st_size == 4 * chunk + len(b"unaligned tail")
-    assert [s == HOLE for s in m.slots] == [False, True, True, False, False]
-    assert m.chunks[m.slots[4]].plain == len(b"unaligned tail")
+    assert [s == HOLE for s in m.slot_values()] == [False, True, True, False, False]
+    assert list(m.slots)[1] == -2, "consecutive hole slots are one run"
+    assert m.chunks[m.slots[-1]].plain == len(b"unaligned tail")
     assert result.hole_bytes == 2 * chunk
     assert result.new_chunks == 3
     assert progress[-1] == (m.size, m.size)
@@ -82,14 +84,18 @@ async def test_an_insertion_in_a_large_file_changes_few_chunks(repo: Repository,
 async def test_tree_snapshot_lists_every_entry(repo: Repository, tmp_path: Path) -> None:
     tree = make_sample_tree(tmp_path / "tree", big_file=3 * MiB)
     os.mkfifo(tree / "a-fifo")
-    result = await create_snapshot(repo, str(tree), SMALL)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tree / "a-socket"))
+        result = await create_snapshot(repo, str(tree), SMALL)
     m = await repo.read_manifest(result.snapshot_id)
     kinds = {e.path: e.type for e in m.entries}
     assert kinds["data/conf-link"] == "symlink"
     assert kinds["data/app.conf.hardlink"] == "hardlink" or kinds["etc/app.conf"] == "hardlink"
     assert kinds["empty-dir"] == "dir"
-    assert "a-fifo" not in kinds
-    assert result.skipped == ("a-fifo",)
+    assert kinds["a-fifo"] == "fifo"
+    assert "a-socket" not in kinds
+    assert result.skipped == ()
+    assert [(n.path, "socket" in n.reason) for n in result.notes] == [("a-socket", True)]
     deep = [p for p in kinds if p.endswith("bottom.txt")]
     assert len(deep) == 1
     assert deep[0].count("/") == 41
@@ -106,10 +112,15 @@ async def test_unreadable_source_is_a_clear_error(repo: Repository, tmp_path: Pa
         await create_snapshot(repo, str(tmp_path / "fifo"), SMALL)
 
 
-async def test_non_utf8_names_are_refused(repo: Repository, tmp_path: Path) -> None:
+async def test_non_utf8_names_are_stored_as_their_bytes(repo: Repository, tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()
     with open(os.path.join(os.fsencode(tree), b"bad-\xff-name"), "wb") as f:
         f.write(b"x")
-    with pytest.raises(SourceError, match="not valid UTF-8"):
-        await create_snapshot(repo, str(tree), SMALL)
+    os.symlink(b"target-\xfe", os.path.join(os.fsencode(tree), b"link-\xfe"))
+    result = await create_snapshot(repo, str(tree), SMALL)
+    m = await repo.read_manifest(result.snapshot_id)
+    assert {os.fsencode(e.path): os.fsencode(e.target) for e in m.entries} == {
+        b"bad-\xff-name": b"",
+        b"link-\xfe": b"target-\xfe",
+    }

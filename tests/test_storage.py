@@ -15,6 +15,7 @@ from agent.errors import (
     BucketNotFound,
     ConfigError,
     ObjectNotFound,
+    ObjectTooLarge,
     ObjectTruncated,
     StorageError,
     TransientStorageError,
@@ -55,6 +56,21 @@ async def test_missing_object_and_short_range_are_distinct_errors(repo: Reposito
         await s.get_range("packs/aa/short", 1, 10)
     with pytest.raises(ObjectTruncated):
         await s.get_range("packs/aa/short", 50, 10)
+
+
+async def test_reads_far_beyond_an_object_are_truncations_not_crashes(repo: Repository) -> None:
+    s = repo.storage
+    await s.put("packs/aa/small", b"abc")
+    for offset in (2**63 - 2, 2**63 + 5, 2**64 - 1):
+        with pytest.raises(ObjectTruncated):
+            await s.get_range("packs/aa/small", offset, 4)
+
+
+async def test_an_object_larger_than_a_read_takes_is_refused_before_it_is_read(repo: Repository) -> None:
+    await repo.storage.put("snapshots/big", b"x" * 5000)
+    with pytest.raises(ObjectTooLarge, match="5000 bytes, more than the 4096"):
+        await repo.storage.get("snapshots/big", max_bytes=4096)
+    assert await repo.storage.get("snapshots/big", max_bytes=5000) == b"x" * 5000
 
 
 @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "./a"])

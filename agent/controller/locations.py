@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from agent.controller.kube import Kube, Obj
 from agent.errors import ConfigError, KubeNotFound, LocationError
-from agent.settings import S3Settings, parse_bool
+from agent.settings import S3Settings, check_endpoint, parse_bool
 
 SERVED_PROVIDERS = frozenset({"aws", "velero.io/aws", "s3"})
 _OTHER_CLOUDS = {"azure": "Azure Blob Storage", "gcp": "Google Cloud Storage"}
@@ -98,8 +98,11 @@ class LocationResolver:
         except ConfigError as e:
             raise LocationError(str(e)) from None
         endpoint = config.get("s3Url") or None
-        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-            raise LocationError(f"{what}: config.s3Url {endpoint!r} must start with http:// or https://")
+        if endpoint is not None:
+            try:
+                check_endpoint(endpoint, f"{what}: config.s3Url")
+            except ConfigError as e:
+                raise LocationError(str(e)) from None
         profile = config.get("profile") or "default"
         key_id, secret, token = await self._credentials(spec, profile, what)
         ca_bundle = await self._ca_bundle(storage, what)

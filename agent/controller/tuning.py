@@ -4,7 +4,7 @@
     ParallelFilesDownload   integer ≥ 1  decompress/verify/write threads (``threads``)
     ferry.threads           integer ≥ 1  the same, Ferry's name (wins over ParallelFilesDownload)
     ferry.readsInFlight     integer ≥ 1  ranged GETs in flight (``reads_in_flight``)
-    ferry.memory            size         fetched-but-unwritten bytes held at once (``memory_bytes``)
+    ferry.memory            size         every buffer a restore holds (``memory_bytes``)
     ferry.maxRangeBytes     size         largest coalesced GET (``max_range_bytes``)
     ferry.directIO          true/false   write with O_DIRECT where it lines up (``direct_io``)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import overload
 
-from agent.repo.format import HOLE, ChunkTable, Manifest
+from agent.repo.format import ChunkTable, Manifest
 from agent.settings import RestoreSettings
 
 Place = tuple[int, int]
@@ -158,17 +158,16 @@ def plan_block(manifest: Manifest, settings: RestoreSettings) -> Plan:
     first, more, used = places.first_offset, places.more, places.used
     holes: list[tuple[int, int, int]] = []
     data = 0
-    hole_start = -1
-    offset = -cs
+    offset = 0
     for chunk in manifest.slots:
-        offset += cs
-        if chunk == HOLE:
-            if hole_start < 0:
-                hole_start = offset
+        if chunk < 0:  # -n: n slots of zeros (the last one may be short)
+            end = min(offset - chunk * cs, size)
+            if holes and holes[-1][1] + holes[-1][2] == offset:
+                holes[-1] = (0, holes[-1][1], end - holes[-1][1])
+            else:
+                holes.append((0, offset, end - offset))
+            offset = end
             continue
-        if hole_start >= 0:
-            holes.append((0, hole_start, offset - hole_start))
-            hole_start = -1
         data += plain[chunk]
         if first[chunk] < 0:
             first[chunk] = offset
@@ -179,8 +178,7 @@ def plan_block(manifest: Manifest, settings: RestoreSettings) -> Plan:
                 more[chunk] = extra = array("q")
             extra.append(0)
             extra.append(offset)
-    if hole_start >= 0:
-        holes.append((0, hole_start, min(offset + cs, size) - hole_start))
+        offset += cs
     return _plan(manifest, places, holes, data, settings)
 
 

@@ -1,6 +1,9 @@
 """A whole restore: manifest → target checks → plan → holes → transfer → metadata → flush.
 
-The target is checked (kind and size) before a byte is written. Progress is reported as
+The target is checked (kind and size) before a byte is written, and the restore's memory before a byte is
+fetched: decode buffers for its threads (fewer threads if ``memory_bytes`` cannot hold one per CPU) and
+receive buffers share ``memory_bytes``. A target this restore created (an image file, a directory) is
+removed if the restore fails or is cancelled. Progress is reported as
 (bytes done, total bytes): total is known before the first fetch and never changes, done only grows and
 equals total when ``restore`` returns. Cancelling the awaiting task stops the restore: worker threads
 see ``stop`` between chunks and ``restore`` returns (raising CancelledError) only once none is running.
@@ -8,6 +11,7 @@ see ``stop`` between chunks and ``restore`` returns (raising CancelledError) onl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import stat
@@ -15,10 +19,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.errors import TargetError
+from agent.errors import ConfigError, TargetError
+from agent.fs.names import Problem, shown
 from agent.pipeline.block_target import BlockTarget
 from agent.pipeline.plan import Plan, plan_block, plan_tree
-from agent.pipeline.transfer import Sink, TransferStats, transfer
+from agent.pipeline.transfer import Sink, TransferStats, decode_bytes, transfer
 from agent.pipeline.tree_target import TreeTarget
 from agent.repo.format import Manifest
 from agent.repo.repository import Repository
@@ -43,6 +48,9 @@ class RestoreResult:
     refetches: int
     verify_failures: int
     seconds: float
+    problems: tuple[Problem, ...] = ()
+    """Entries or attributes not restored as the snapshot has them (a device node without the privilege
+    to make one, an attribute the target refuses): the restore is otherwise complete."""
 
 
 class _Tracker:
@@ -65,13 +73,35 @@ def _check_target_kind(manifest: Manifest, target: str) -> None:
         return
     if manifest.mode == "block" and stat.S_ISDIR(mode):
         raise TargetError(
-            f"the snapshot is a block volume but {target!r} is a directory: restore it onto a block device or "
-            "an image file"
+            f"the snapshot is a block volume but {shown(target)} is a directory: restore it onto a block device "
+            "or an image file"
         )
     if manifest.mode == "filesystem" and not stat.S_ISDIR(mode):
         raise TargetError(
-            f"the snapshot is a filesystem but {target!r} is not a directory: restore it into a mounted volume"
+            f"the snapshot is a filesystem but {shown(target)} is not a directory: restore it into a mounted volume"
         )
+
+
+def _kib(n: int) -> str:
+    return f"{-(-n // 1024)} KiB" if n < 1024 * 1024 else f"{-(-n // (1024 * 1024))} MiB"
+
+
+def decode_threads(manifest: Manifest, settings: RestoreSettings) -> int:
+    """Threads that decode within ``memory_bytes``, which must also hold one receive buffer. Raises
+    ConfigError if it cannot hold even one thread's buffers for this snapshot's largest chunk."""
+    if not len(manifest.chunks):
+        return settings.worker_threads
+    _, _, stored, plain = manifest.chunks.columns()
+    per_thread = decode_bytes(1, max(plain))
+    receive = max(settings.max_range_bytes, max(stored))  # noqa: PLW3301 - no unpacking of a large array
+    room = settings.memory_bytes - receive
+    if room < per_thread:
+        raise ConfigError(
+            f"a restore memory limit of {_kib(settings.memory_bytes)} cannot hold this snapshot's buffers: its "
+            f"chunks of up to {_kib(max(plain))} need at least {_kib(per_thread + receive)} "
+            "(--memory, FERRY_RESTORE_MEMORY, dataMoverConfig ferry.memory)"
+        )
+    return min(settings.worker_threads, room // per_thread)
 
 
 async def restore(
@@ -87,14 +117,17 @@ async def restore(
     started = time.monotonic()
     manifest = await repo.read_manifest(snapshot_id)
     stats = stats if stats is not None else TransferStats()
-    with WorkerPool(settings.worker_threads, "ferry-restore") as pool:
+    threads = decode_threads(manifest, settings)
+    if threads < settings.worker_threads:
+        log.info("restoring with %d threads: the memory limit holds the decode buffers of no more", threads)
+    with WorkerPool(threads, "ferry-restore") as pool:
         await pool.run(_check_target_kind, manifest, target)
         block = manifest.mode == "block"
         plan = await pool.run(plan_block if block else plan_tree, manifest, settings)
         tracker = _Tracker(plan.total_bytes, progress)
         tracker.advance(0)
         run = _Run(repo, manifest, plan, settings, pool, tracker, stats)
-        await (_restore_block if block else _restore_tree)(run, target)
+        problems = await (_restore_block if block else _restore_tree)(run, target)
     if tracker.done != tracker.total:  # pragma: no cover - a planning bug, never a data condition
         raise TargetError(f"restore accounted for {tracker.done} of {tracker.total} bytes")
     result = RestoreResult(
@@ -106,6 +139,7 @@ async def restore(
         refetches=stats.refetches,
         verify_failures=stats.verify_failures,
         seconds=time.monotonic() - started,
+        problems=tuple(problems),
     )
     log.info(
         "snapshot %s restored to %s: %d bytes in %.2f s",
@@ -133,22 +167,28 @@ class _Run:
         await transfer(self.repo, self.plan, sink, self.settings, self.pool, self.tracker.advance, self.stats)
 
 
-async def _restore_block(run: _Run, path: str) -> None:
+async def _restore_block(run: _Run, path: str) -> list[Problem]:
     pool = run.pool
     target = await pool.run(BlockTarget.open, path, run.manifest.size, run.settings.sparse, run.settings.direct_io)
+    finished = False
     try:
         for _, offset, length in run.plan.holes:
             await pool.run(target.fill_hole, offset, length, pool.stop)
             run.tracker.advance(length)
         await run.transfer(target)
         await pool.run(target.flush)
+        finished = True
     finally:
         target.close()
+        if not finished:
+            await _discard(pool, target.discard)
+    return []
 
 
-async def _restore_tree(run: _Run, path: str) -> None:
+async def _restore_tree(run: _Run, path: str) -> list[Problem]:
     pool = run.pool
     target = await pool.run(TreeTarget.open, path, run.manifest, run.settings.direct_io)
+    finished = False
     try:
         for stage in target.prepare_stages(pool.threads):
             async with task_group() as tg:
@@ -158,5 +198,21 @@ async def _restore_tree(run: _Run, path: str) -> None:
         await run.transfer(target)
         await pool.run(target.apply_metadata, pool.stop)
         await pool.run(target.flush)
+        finished = True
     finally:
         target.close()
+        if not finished:
+            await _discard(pool, target.discard)
+    return target.problems
+
+
+async def _discard(pool: WorkerPool, discard: Callable[[], None]) -> None:
+    """Remove what an unfinished restore created, even while it is being cancelled (the removal is not
+    interrupted: a half-removed target would be worse than either)."""
+    task = asyncio.ensure_future(asyncio.to_thread(discard))
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            continue
+    task.result()

@@ -1,14 +1,16 @@
 """Fetch → decompress → verify → write, in parallel and within a memory bound.
 
-``reads_in_flight`` workers take ranges from one shared iterator. Each receives its range into a buffer of
-its own, reused from range to range (fresh multi-MiB allocations per GET cost more CPU in page faults than
-the copy they replace), and holds the range's bytes in the ``ByteBudget`` from before its GET until its
-chunks are written, so fetched-but-unwritten data never exceeds ``memory_bytes``. Decompression, BLAKE3
-verification and the write of a range's chunks run together in one worker-thread call, into that thread's
-reused, page-aligned buffer, each chunk placed so that its whole blocks can be written with O_DIRECT (see
-``direct``); writes land at each chunk's offsets, in any order. A chunk that fails is never written: it is
-fetched again on its own, up to ``fetch_attempts`` fetches in all, and then the restore fails naming the
-chunk and pack.
+``reads_in_flight`` workers take ranges from one shared iterator. Each receives its range into a buffer
+from the ``BufferPool``, reused from range to range (fresh multi-MiB allocations per GET cost more CPU in
+page faults than the copy they replace); the pool holds every receive buffer within the byte limit the
+restore gives it (``memory_bytes`` less the decode buffers), so memory never follows what a manifest
+says. Decompression, BLAKE3 verification and the write of a range's chunks run together in one
+worker-thread call, into that thread's reused, page-aligned buffer, each chunk placed so that its whole
+blocks can be written with O_DIRECT (see ``direct``); writes land at each chunk's offsets, in any order.
+
+A chunk that fails is never written: it is fetched again on its own. The same wrong bytes twice mean the
+stored chunk is damaged (``ChunkCorrupt``); bytes that differ on every one of ``fetch_attempts``
+fetches mean the path to the storage corrupts data (``CorruptedInTransit``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.errors import ChunkCorrupt, ObjectTruncated
+import blake3
+
+from agent.errors import ChunkCorrupt, CorruptedInTransit, ObjectTruncated
 from agent.pipeline.direct import ALIGN, pad_for
 from agent.pipeline.plan import ChunkJob, FetchRange, Plan
 from agent.repo.chunks import decode_buffer, decode_chunk
@@ -43,74 +47,198 @@ class TransferStats:
     refetches: int = 0
     verify_failures: int = 0
     in_flight_bytes: int = 0
-    """Fetched (or being fetched) bytes not yet written: the byte budget in use."""
+    """Receive buffers held for ranges being fetched, verified and written."""
 
 
-class ByteBudget:
-    """A FIFO counting semaphore over bytes. A request larger than the whole budget takes all of it."""
+class BufferPool:
+    """Receive buffers within a byte limit. ``take(n)`` hands out a free buffer of at least ``n`` bytes, or
+    allocates one of ``max(n, size)`` bytes if the limit allows (dropping free ones to make room), or waits
+    for one to be given back, first come first served. A request larger than the limit is served alone,
+    once nothing else is allocated."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, size: int) -> None:
         self.limit = limit
-        self._used = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self.size = size
+        self.allocated = 0
+        """Bytes of every buffer the pool made and has not dropped."""
+        self.held = 0
+        """Bytes of the buffers handed out."""
+        self._free: list[bytearray] = []
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
-    @property
-    def used(self) -> int:
-        return self._used
+    def _try(self, n: int) -> bytearray | None:
+        for i, buf in enumerate(self._free):
+            if len(buf) >= n:
+                return self._free.pop(i)
+        want = max(n, self.size)
+        while self.allocated + want > self.limit and self._free:
+            self.allocated -= len(self._free.pop())
+        if self.allocated + want > self.limit:
+            if self.allocated:
+                return None
+            want = n
+        self.allocated += want
+        return bytearray(want)
 
-    async def acquire(self, n: int) -> int:
-        n = min(n, self.limit)
-        if not self._waiters and self._used + n <= self.limit:
-            self._used += n
-            return n
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((n, waiter))
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release(n)
-            else:  # still queued, or already dropped by _wake as cancelled
+    async def take(self, n: int) -> bytearray:
+        while True:
+            buf = None if self._waiters else self._try(n)
+            if buf is not None:
+                self.held += len(buf)
+                return buf
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
                 with contextlib.suppress(ValueError):
-                    self._waiters.remove((n, waiter))
+                    self._waiters.remove(waiter)
                 self._wake()
-            raise
-        return n
+                raise
+            buf = self._try(n)
+            if buf is not None:
+                self.held += len(buf)
+                self._wake()
+                return buf
 
-    def release(self, n: int) -> None:
-        self._used -= n
+    def give(self, buf: bytearray) -> None:
+        self.held -= len(buf)
+        if self.allocated > self.limit:  # an oversized buffer served alone: not kept
+            self.allocated -= len(buf)
+        else:
+            self._free.append(buf)
         self._wake()
 
     def _wake(self) -> None:
-        while self._waiters and self._used + self._waiters[0][0] <= self.limit:
-            n, waiter = self._waiters.popleft()
+        while self._waiters:
+            waiter = self._waiters.popleft()
             if not waiter.done():
-                self._used += n
                 waiter.set_result(None)
+                return
+
+
+Bad = tuple[ChunkJob, str, bytes]
+"""A chunk that failed: its job, why, and a digest of the stored bytes that failed (to tell damage in
+storage, the same bytes every time, from corruption in transit)."""
+_SHORT = b"short"
+"""The digest of a fetch that ended before the chunk."""
 
 
 def _decode_and_write(
     data: bytes | memoryview, base: int, jobs: list[ChunkJob], sink: Sink, stop: threading.Event, max_plain: int
-) -> tuple[int, list[tuple[ChunkJob, str]]]:
+) -> tuple[int, list[Bad]]:
     """Runs in a worker thread: verify each chunk of a fetched range and write it where it goes.
-    Returns the bytes written and the chunks that failed, with why."""
+    Returns the bytes written and the chunks that failed."""
     out = decode_buffer(max_plain + ALIGN)
     view = memoryview(data)
     written = 0
-    bad: list[tuple[ChunkJob, str]] = []
+    bad: list[Bad] = []
     for job in jobs:
         if stop.is_set():
             break
         start = job.offset - base
+        frame = view[start : start + job.stored]
         pad = pad_for(job.places[0][1])
-        plain = decode_chunk(view[start : start + job.stored], job.plain, job.id, out[pad:])
+        plain = decode_chunk(frame, job.plain, job.id, out[pad:])
         if isinstance(plain, str):
-            bad.append((job, plain))
+            bad.append((job, plain, blake3.blake3(frame).digest()))
             continue
         for slot, offset in job.places:
             sink.write(slot, offset, plain)
         written += job.plain * len(job.places)
     return written, bad
+
+
+def decode_bytes(threads: int, max_plain: int) -> int:
+    """Memory the decoding threads hold: per thread, its output buffer and zstd's window."""
+    return threads * (2 * max_plain + ALIGN)
+
+
+class _Transfer:
+    def __init__(
+        self,
+        repo: Repository,
+        plan: Plan,
+        sink: Sink,
+        settings: RestoreSettings,
+        pool: WorkerPool,
+        advance: Callable[[int], None],
+        stats: TransferStats,
+    ) -> None:
+        self.repo = repo
+        self.plan = plan
+        self.sink = sink
+        self.settings = settings
+        self.pool = pool
+        self.advance = advance
+        self.stats = stats
+        limit = settings.memory_bytes - decode_bytes(pool.threads, plan.max_plain)
+        self.buffers = BufferPool(limit, settings.max_range_bytes)
+        self.ranges: Iterator[FetchRange] = iter(plan.ranges)
+
+    async def fetch(self, pack: str, offset: int, into: memoryview) -> None:
+        self.stats.requests += 1
+        await self.repo.read_pack_range_into(pack, offset, into)
+        self.stats.fetched_bytes += len(into)
+
+    async def decode(self, data: memoryview, base: int, jobs: list[ChunkJob]) -> tuple[int, list[Bad]]:
+        pool = self.pool
+        return await pool.run(_decode_and_write, data, base, jobs, self.sink, pool.stop, self.plan.max_plain)
+
+    async def refetch(self, rng: FetchRange, failed: Bad, buffer: bytearray) -> None:
+        """Fetch one failed chunk again on its own (into the range's buffer, which holds it) and write it."""
+        stats = self.stats
+        job, reason, digest = failed
+        stats.verify_failures += 1
+        seen = {digest}
+        attempt = 1
+        while attempt < self.settings.fetch_attempts:
+            attempt += 1
+            stats.refetches += 1
+            with memoryview(buffer)[: job.stored] as data:
+                try:
+                    await self.fetch(rng.pack, job.offset, data)
+                except ObjectTruncated:
+                    bad = [(job, "the pack ends before the chunk", _SHORT)]
+                else:
+                    written, bad = await self.decode(data, job.offset, [job])
+            if not bad:
+                self.advance(written)
+                return
+            stats.verify_failures += 1
+            _, reason, digest = bad[0]
+            if digest in seen:
+                raise ChunkCorrupt(job.id.hex(), rng.pack, job.offset, reason, attempt)
+            seen.add(digest)
+        raise CorruptedInTransit(
+            f"chunk {job.id.hex()} in pack {rng.pack} at offset {job.offset} could not be fetched intact: {attempt} "
+            f"fetches came back different each time ({reason}), so the network path or the server is corrupting "
+            "data; the stored chunk may be intact, try again or check the path to the storage"
+        )
+
+    async def move(self, rng: FetchRange) -> None:
+        buffer = await self.buffers.take(rng.length)
+        self.stats.in_flight_bytes = self.buffers.held
+        try:
+            with memoryview(buffer)[: rng.length] as data:
+                try:
+                    await self.fetch(rng.pack, rng.offset, data)
+                except ObjectTruncated:
+                    # The pack is shorter than the range: find out chunk by chunk which ones are lost.
+                    bad: list[Bad] = [(job, "the pack ends before the chunk", _SHORT) for job in rng.chunks]
+                    written = 0
+                else:
+                    written, bad = await self.decode(data, rng.offset, rng.chunks)
+            self.advance(written)
+            for failed in bad:
+                await self.refetch(rng, failed, buffer)
+        finally:
+            self.buffers.give(buffer)
+            self.stats.in_flight_bytes = self.buffers.held
+
+    async def worker(self) -> None:
+        for rng in self.ranges:
+            await self.move(rng)
 
 
 async def transfer(
@@ -123,65 +251,7 @@ async def transfer(
     stats: TransferStats,
 ) -> None:
     """Move every range of the plan onto the sink; ``advance`` is called with bytes written."""
-    budget = ByteBudget(settings.memory_bytes)
-    ranges: Iterator[FetchRange] = iter(plan.ranges)
-
-    async def fetch(pack: str, offset: int, into: memoryview) -> None:
-        stats.requests += 1
-        await repo.read_pack_range_into(pack, offset, into)
-        stats.fetched_bytes += len(into)
-
-    async def refetch(rng: FetchRange, job: ChunkJob, reason: str, attempt: int, buffer: bytearray) -> None:
-        """Fetch one failed chunk again on its own (into the range's buffer, which holds it) and write it."""
-        stats.verify_failures += 1
-        while attempt < settings.fetch_attempts:
-            attempt += 1
-            stats.refetches += 1
-            with memoryview(buffer)[: job.stored] as data:
-                try:
-                    await fetch(rng.pack, job.offset, data)
-                except ObjectTruncated:
-                    reason = "the pack ends before the chunk"
-                    continue
-                written, bad = await pool.run(
-                    _decode_and_write, data, job.offset, [job], sink, pool.stop, plan.max_plain
-                )
-            if not bad:
-                advance(written)
-                return
-            stats.verify_failures += 1
-            reason = bad[0][1]
-        raise ChunkCorrupt(job.id.hex(), rng.pack, job.offset, reason, attempt)
-
-    async def move(rng: FetchRange, buffer: bytearray) -> None:
-        held = await budget.acquire(rng.length)
-        stats.in_flight_bytes = budget.used
-        try:
-            with memoryview(buffer)[: rng.length] as data:
-                try:
-                    await fetch(rng.pack, rng.offset, data)
-                except ObjectTruncated:
-                    # The pack is shorter than the range: find out chunk by chunk which ones are lost.
-                    bad = [(job, "the pack ends before the chunk") for job in rng.chunks]
-                    written = 0
-                else:
-                    written, bad = await pool.run(
-                        _decode_and_write, data, rng.offset, rng.chunks, sink, pool.stop, plan.max_plain
-                    )
-            advance(written)
-            for job, reason in bad:
-                await refetch(rng, job, reason, 1, buffer)
-        finally:
-            budget.release(held)
-            stats.in_flight_bytes = budget.used
-
-    async def worker() -> None:
-        buffer = bytearray()
-        for rng in ranges:
-            if len(buffer) < rng.length:
-                buffer = bytearray(max(rng.length, settings.max_range_bytes))
-            await move(rng, buffer)
-
+    run = _Transfer(repo, plan, sink, settings, pool, advance, stats)
     async with task_group() as tg:
         for n in range(min(settings.reads_in_flight, len(plan.ranges))):
-            tg.create_task(worker(), name=f"restore reader {n}")
+            tg.create_task(run.worker(), name=f"restore reader {n}")

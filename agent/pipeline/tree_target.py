@@ -1,15 +1,21 @@
 """A directory being restored from a filesystem snapshot. Blocking methods, called from worker threads.
 
 Three phases: ``prepare`` creates directories (private until the end), regular files (sized, data
-extents of multi-chunk files preallocated, holes left as holes), symlinks and hardlinks, in stages whose
-batches may run on several threads at once (``prepare_stages``: creating files is kernel work, a quarter
-of a millisecond each on some filesystems); the pipeline then writes file data
-through ``write``; ``apply_metadata`` sets ownership (when root), modes and mtimes, files first and
-directories deepest-first, so restoring data never disturbs a directory's mtime afterwards.
+extents of multi-chunk files preallocated, holes left as holes), symlinks, FIFOs, device nodes and
+hardlinks, in stages whose batches may run on several threads at once (``prepare_stages``: creating files
+is kernel work, a quarter of a millisecond each on some filesystems); the pipeline then writes file data
+through ``write``; ``apply_metadata`` sets each entry's metadata, files first and directories
+deepest-first, so restoring data never disturbs a directory's mtime afterwards.
 
-Every path is opened beneath the target with ``safefs``: nothing is created, followed or overwritten
-outside it, whatever the manifest says. An existing non-directory at an entry's path is replaced; an
-existing directory where a non-directory belongs is refused.
+Metadata goes on in the one order that keeps all of it: owner (when root; changing the owner clears
+capabilities and set-uid/set-gid bits), mode (which rewrites an ACL's mask), extended attributes (ACLs,
+then capabilities last), modification time. What cannot be applied (a device node without the privilege
+to make one, an attribute the target filesystem refuses) is listed in ``problems``; the restore goes on.
+
+Every path is opened beneath the target with ``agent.fs.beneath``: nothing is created, followed or
+overwritten outside it, whatever the manifest says, and paths longer than PATH_MAX work. An existing
+non-directory at an entry's path is replaced; an existing directory where a non-directory belongs is
+refused. A target directory this restore created is removed if the restore does not finish.
 """
 
 from __future__ import annotations
@@ -18,14 +24,17 @@ import contextlib
 import ctypes
 import errno
 import os
+import shutil
 import stat
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 from agent.errors import TargetError, UnsafePath
+from agent.fs import xattrs
+from agent.fs.beneath import open_beneath, proc_path
+from agent.fs.names import Problem, shown
 from agent.pipeline.direct import open_direct, pwrite_all, write_split
-from agent.pipeline.safefs import open_beneath, open_parent
 from agent.repo.format import Entry, Manifest, Meta, check_relative_path
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -34,27 +43,55 @@ DIRECT_MIN_BYTES = 256 * 1024
 T = TypeVar("T")
 
 
+def _refusal(path: str, e: OSError) -> TargetError:
+    if e.errno in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
+        return UnsafePath(f"refusing {shown(path)}: it would leave the target or pass through a symlink")
+    return TargetError(f"cannot open {shown(path)} in the target: {e.strerror}")
+
+
+def _beneath(root_fd: int, path: str, flags: int) -> int:
+    try:
+        return open_beneath(root_fd, path, flags)
+    except OSError as e:
+        raise _refusal(path, e) from e
+
+
+def _parent(root_fd: int, path: str) -> tuple[int, str]:
+    parent, _, name = path.rpartition("/")
+    return _beneath(root_fd, parent, os.O_RDONLY | os.O_DIRECTORY), name
+
+
 class TreeTarget:
-    def __init__(self, path: str, root_fd: int, manifest: Manifest, direct: bool = False) -> None:
+    def __init__(self, path: str, root_fd: int, manifest: Manifest, direct: bool = False, created: bool = False):
         self.path = path
         self.root_fd = root_fd
         self.direct = direct
         """Write whole aligned blocks with O_DIRECT; turned off if the filesystem refuses it."""
+        self.created = created
+        """This restore made the target directory (so it may remove it if the restore does not finish)."""
         self._manifest = manifest
         self._files = [e for e in manifest.entries if e.type == "file"]
         self._as_root = os.geteuid() == 0
+        self.problems: list[Problem] = []
+        """Entries or attributes that could not be restored as the snapshot has them."""
 
     @classmethod
     def open(cls, path: str, manifest: Manifest, direct: bool = False) -> TreeTarget:
+        created = False
         try:
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.mkdir(path, 0o700)
+                created = True
+            except FileExistsError:
+                pass
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except NotADirectoryError:
-            raise TargetError(f"target {path!r} is not a directory; a filesystem snapshot restores into one") from None
+            raise TargetError(
+                f"target {shown(path)} is not a directory; a filesystem snapshot restores into one"
+            ) from None
         except OSError as e:
-            raise TargetError(f"cannot open target directory {path!r}: {e.strerror}") from e
-        return cls(path, fd, manifest, direct)
+            raise TargetError(f"cannot open target directory {shown(path)}: {e.strerror}") from e
+        return cls(path, fd, manifest, direct, created)
 
     # --- phase 1 ----------------------------------------------------------------------------------------
     def prepare(self, stop: threading.Event) -> None:
@@ -65,12 +102,12 @@ class TreeTarget:
 
     def prepare_stages(self, parts: int) -> list[list[list[Entry]]]:
         """Phase 1 as stages to run in order; the batches of one stage may run at once. Directories first
-        (one batch, parents before children), then regular files and symlinks in up to ``parts`` batches
-        of neighbouring entries, then hardlinks (their targets exist by then)."""
+        (one batch, parents before children), then everything but hardlinks in up to ``parts`` batches of
+        neighbouring entries, then hardlinks (their targets exist by then)."""
         entries = self._manifest.entries
         dirs = [e for e in entries if e.type == "dir"]
-        others = [e for e in entries if e.type in ("file", "symlink")]
-        links = [e for e in entries if e.type not in ("dir", "file", "symlink")]
+        others = [e for e in entries if e.type not in ("dir", "hardlink")]
+        links = [e for e in entries if e.type == "hardlink"]
         size = -(-len(others) // max(parts, 1)) or 1
         return [[dirs], [others[i : i + size] for i in range(0, len(others), size)], [links]]
 
@@ -80,17 +117,18 @@ class TreeTarget:
                 return
             why = check_relative_path(entry.path)
             if why:
-                raise UnsafePath(f"refusing entry {entry.path!r}: {why}")
-            parent_fd, name = open_parent(self.root_fd, entry.path)
+                raise UnsafePath(f"refusing entry {shown(entry.path)}: {why}")
+            parent_fd, name = _parent(self.root_fd, entry.path)
             try:
                 self._create(parent_fd, name, entry)
             except OSError as e:
-                raise TargetError(f"cannot create {entry.path!r} in {self.path!r}: {e.strerror}") from e
+                raise TargetError(f"cannot create {shown(entry.path)} in {shown(self.path)}: {e.strerror}") from e
             finally:
                 os.close(parent_fd)
 
     def _create(self, parent_fd: int, name: str, entry: Entry) -> None:
-        if entry.type == "dir":
+        kind = entry.type
+        if kind == "dir":
             try:
                 os.mkdir(name, 0o700, dir_fd=parent_fd)
             except FileExistsError:
@@ -98,7 +136,7 @@ class TreeTarget:
                     return
                 self._remove(parent_fd, name, entry.path)
                 os.mkdir(name, 0o700, dir_fd=parent_fd)
-        elif entry.type == "file":
+        elif kind == "file":
             fd = self._replace(
                 parent_fd,
                 name,
@@ -115,10 +153,10 @@ class TreeTarget:
                 self._preallocate(fd, entry)
             finally:
                 os.close(fd)
-        elif entry.type == "symlink":
+        elif kind == "symlink":
             self._replace(parent_fd, name, entry.path, lambda: os.symlink(entry.target, name, dir_fd=parent_fd))
-        else:
-            target_fd, target_name = open_parent(self.root_fd, entry.target)
+        elif kind == "hardlink":
+            target_fd, target_name = _parent(self.root_fd, entry.target)
             try:
                 self._replace(
                     parent_fd,
@@ -130,6 +168,21 @@ class TreeTarget:
                 )
             finally:
                 os.close(target_fd)
+        else:
+            self._make_node(parent_fd, name, entry)
+
+    def _make_node(self, parent_fd: int, name: str, entry: Entry) -> None:
+        """A FIFO or a device node (created private; its mode is applied with the rest of its metadata)."""
+        if entry.type == "fifo":
+            node, device = stat.S_IFIFO, 0
+        else:
+            node = stat.S_IFCHR if entry.type == "chardev" else stat.S_IFBLK
+            device = os.makedev(entry.major, entry.minor)
+        try:
+            self._replace(parent_fd, name, entry.path, lambda: os.mknod(name, node | 0o600, device, dir_fd=parent_fd))
+        except PermissionError as e:
+            what = "FIFO" if entry.type == "fifo" else f"device node {entry.major}:{entry.minor}"
+            self.problems.append(Problem(entry.path, f"{what} not created: {e.strerror} (making one needs root)"))
 
     def _replace(self, parent_fd: int, name: str, path: str, create: Callable[[], T]) -> T:
         try:
@@ -141,7 +194,7 @@ class TreeTarget:
     @staticmethod
     def _remove(parent_fd: int, name: str, path: str) -> None:
         if stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
-            raise TargetError(f"{path!r} exists in the target as a directory; refusing to replace it")
+            raise TargetError(f"{shown(path)} exists in the target as a directory; refusing to replace it")
         os.unlink(name, dir_fd=parent_fd)
 
     def _preallocate(self, fd: int, entry: Entry) -> None:
@@ -149,6 +202,7 @@ class TreeTarget:
         A file of one chunk is written at once: nothing to preallocate."""
         if len(entry.content) < 2:
             return
+        plain = self._manifest.chunks.columns().plain
         offset = 0
         start: int | None = None
         for c in entry.content:
@@ -159,7 +213,7 @@ class TreeTarget:
             else:
                 if start is None:
                     start = offset
-                offset += self._manifest.chunks[c].plain
+                offset += plain[c]
         self._fallocate(fd, start, offset)
 
     @staticmethod
@@ -175,7 +229,7 @@ class TreeTarget:
     # --- phase 2 ----------------------------------------------------------------------------------------
     def write(self, slot: int, offset: int, data: memoryview) -> None:
         entry = self._files[slot]
-        fd = open_beneath(self.root_fd, entry.path, os.O_WRONLY)
+        fd = _beneath(self.root_fd, entry.path, os.O_WRONLY)
         direct_fd = -1
         try:
             # A large chunk goes out with O_DIRECT (see ``direct``); the direct descriptor reopens the same
@@ -187,7 +241,7 @@ class TreeTarget:
             else:
                 pwrite_all(fd, data, offset)
         except OSError as e:
-            raise TargetError(f"writing {entry.path!r} in {self.path!r} failed: {e.strerror}") from e
+            raise TargetError(f"writing {shown(entry.path)} in {shown(self.path)} failed: {e.strerror}") from e
         finally:
             if direct_fd >= 0:
                 os.close(direct_fd)
@@ -199,43 +253,73 @@ class TreeTarget:
         for entry in entries:
             if stop.is_set():
                 return
-            if entry.type in ("file", "symlink"):
-                self._apply(entry.path, entry.meta, symlink=entry.type == "symlink")
+            if entry.type not in ("dir", "hardlink"):
+                self._apply(entry)
         for entry in reversed(entries):
             if stop.is_set():
                 return
             if entry.type == "dir":
-                self._apply(entry.path, entry.meta, symlink=False)
+                self._apply(entry)
         if self._manifest.root is not None:
-            self._apply("", self._manifest.root, symlink=False)
+            self._apply(Entry("", "dir", self._manifest.root))
 
-    def _apply(self, path: str, meta: Meta, symlink: bool) -> None:
+    def _apply(self, entry: Entry) -> None:
+        path, meta = entry.path, entry.meta
         try:
-            if symlink:
-                parent_fd, name = open_parent(self.root_fd, path)
+            if entry.type == "symlink":
+                self._apply_symlink(path, meta)
+            elif entry.type in ("file", "dir"):
+                fd = _beneath(self.root_fd, path, os.O_RDONLY | os.O_NONBLOCK)
                 try:
-                    if self._as_root:
-                        os.chown(name, meta.uid, meta.gid, dir_fd=parent_fd, follow_symlinks=False)
-                    os.utime(name, ns=(meta.mtime_ns, meta.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
+                    self._apply_to(path, meta, fd, fd)
                 finally:
-                    os.close(parent_fd)
-                return
-            fd = open_beneath(self.root_fd, path, os.O_RDONLY | os.O_NONBLOCK)
-            try:
-                if self._as_root:
-                    os.fchown(fd, meta.uid, meta.gid)
-                os.fchmod(fd, meta.mode)
-                os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
-            finally:
-                os.close(fd)
+                    os.close(fd)
+            else:  # FIFOs and device nodes are never opened: they are reached through an O_PATH descriptor
+                try:
+                    fd = _beneath(self.root_fd, path, os.O_PATH)
+                except TargetError:
+                    if any(p.path == path for p in self.problems):
+                        return  # it was not created
+                    raise
+                try:
+                    self._apply_to(path, meta, fd, proc_path(fd))
+                finally:
+                    os.close(fd)
         except OSError as e:
-            raise TargetError(f"cannot set ownership, mode or time of {path or '.'!r}: {e.strerror}") from e
+            raise TargetError(f"cannot set the owner, mode or time of {shown(path or '.')}: {e.strerror}") from e
+
+    def _apply_to(self, path: str, meta: Meta, fd: int, target: int | str) -> None:
+        if self._as_root:
+            os.chown(target, meta.uid, meta.gid)
+        os.chmod(target, meta.mode)
+        self._xattrs(path, target, meta, follow=True)
+        os.utime(target, ns=(meta.mtime_ns, meta.mtime_ns))
+
+    def _apply_symlink(self, path: str, meta: Meta) -> None:
+        parent_fd, name = _parent(self.root_fd, path)
+        try:
+            if self._as_root:
+                os.chown(name, meta.uid, meta.gid, dir_fd=parent_fd, follow_symlinks=False)
+            self._xattrs(path, proc_path(parent_fd, name), meta, follow=False)
+            os.utime(name, ns=(meta.mtime_ns, meta.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
+        finally:
+            os.close(parent_fd)
+
+    def _xattrs(self, path: str, target: int | str, meta: Meta, *, follow: bool) -> None:
+        for failure in xattrs.apply(target, meta.xattrs, follow_symlinks=follow):
+            self.problems.append(Problem(path or ".", f"extended attribute {failure}"))
 
     def flush(self) -> None:
         """Make everything written durable (syncfs on the target's filesystem)."""
         if _libc.syncfs(self.root_fd) != 0:
             err = ctypes.get_errno()
-            raise TargetError(f"flushing {self.path!r} failed: {os.strerror(err)}")
+            raise TargetError(f"flushing {shown(self.path)} failed: {os.strerror(err)}")
 
     def close(self) -> None:
         os.close(self.root_fd)
+
+    def discard(self) -> None:
+        """Remove the target directory if this restore created it (when the restore does not finish)."""
+        if self.created:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self.path)

@@ -15,8 +15,6 @@ import threading
 import blake3
 import zstandard
 
-from agent.repo.format import MAX_CHUNK_BYTES
-
 _local = threading.local()
 
 
@@ -25,13 +23,26 @@ def chunk_id(data: bytes | bytearray | memoryview) -> bytes:
     return blake3.blake3(data, max_threads=1).digest()
 
 
-def is_zero(data: bytes | bytearray | memoryview, _zeros: dict[int, bytes] = {}) -> bool:  # noqa: B006
-    """True if every byte is zero (a memcmp against a cached zero block of that length)."""
+_ZERO_STEP = 64 * 1024
+_ZEROS = bytes(_ZERO_STEP)
+
+
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
+    """True if every byte is zero: the first and last bytes first (data fails there), then memcmp
+    against one constant block, a step at a time (no zero block is made per length: chunks have any
+    length, and keeping one of each grew without bound)."""
     n = len(data)
-    zeros = _zeros.get(n)
-    if zeros is None:
-        zeros = _zeros.setdefault(n, bytes(n)) if n <= MAX_CHUNK_BYTES else bytes(n)
-    return data == zeros
+    if not n:
+        return True
+    if data[0] or data[-1]:
+        return False
+    if isinstance(data, memoryview):  # rare: a chunk that starts and ends with a zero byte
+        data = data.tobytes()
+    full = n - n % _ZERO_STEP
+    for at in range(0, full, _ZERO_STEP):
+        if not data.startswith(_ZEROS, at):
+            return False
+    return data.endswith(_ZEROS[: n - full]) if n > full else True
 
 
 def encode_chunk(data: bytes | bytearray | memoryview, level: int) -> bytes:

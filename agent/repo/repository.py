@@ -2,20 +2,27 @@
 
 packs/<first two hex digits>/<pack name>     pack objects (concatenated zstd frames)
 snapshots/<snapshot id>                      manifests; a snapshot exists once its manifest does
+
+A manifest whose bytes do not hash to its ID is fetched again before anything is called damaged: the
+same wrong bytes twice are damage in storage (``ManifestInvalid``); bytes that differ on every fetch are
+a transport fault (``CorruptedInTransit``).
 """
 
 from __future__ import annotations
 
-import asyncio
+from functools import partial
 
-from agent.errors import ConfigError, ObjectNotFound, PackMissing, SnapshotNotFound
-from agent.repo.format import Manifest, decode_manifest, is_snapshot_id, snapshot_id_of
+from agent.errors import ConfigError, CorruptedInTransit, ManifestInvalid, ObjectNotFound, PackMissing, SnapshotNotFound
+from agent.repo.decoder import decode_manifest
+from agent.repo.format import Manifest, is_snapshot_id, snapshot_id_of
+from agent.settings import RepositorySettings
 from agent.storage.base import Storage
+from agent.threads import offload
 
 PACKS = "packs/"
 SNAPSHOTS = "snapshots/"
 
-# Manifests larger than this are decoded in a thread so the event loop keeps serving.
+# Manifests larger than this are hashed and decoded in a thread so the event loop keeps serving.
 _DECODE_INLINE_BYTES = 256 * 1024
 
 
@@ -27,9 +34,14 @@ def snapshot_key(snapshot_id: str) -> str:
     return f"{SNAPSHOTS}{snapshot_id}"
 
 
+def _digest(stored: bytes, stop: object) -> str:
+    return snapshot_id_of(stored)
+
+
 class Repository:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, settings: RepositorySettings | None = None) -> None:
         self.storage = storage
+        self.settings = settings or RepositorySettings()
 
     def describe(self) -> str:
         return self.storage.describe()
@@ -39,17 +51,39 @@ class Repository:
         return [k[len(SNAPSHOTS) :] for k in keys if is_snapshot_id(k[len(SNAPSHOTS) :])]
 
     async def read_manifest(self, snapshot_id: str) -> Manifest:
-        """Fetch, verify (against the ID) and parse a manifest."""
+        """Fetch, verify (against the ID) and parse a manifest. Raises ConfigError (not an ID),
+        SnapshotNotFound, ManifestInvalid, ManifestTooLarge, UnsupportedFormat, CorruptedInTransit or a
+        StorageError."""
         snapshot_id = snapshot_id.strip().lower()
         if not is_snapshot_id(snapshot_id):
             raise ConfigError(f"{snapshot_id!r} is not a snapshot ID (64 hexadecimal digits)")
-        try:
-            stored = await self.storage.get(snapshot_key(snapshot_id))
-        except ObjectNotFound:
-            raise SnapshotNotFound(f"snapshot {snapshot_id} does not exist in {self.describe()}") from None
-        if len(stored) <= _DECODE_INLINE_BYTES:
-            return decode_manifest(stored, snapshot_id)
-        return await asyncio.to_thread(decode_manifest, stored, snapshot_id)
+        limit = self.settings.manifest_memory_bytes
+        seen: set[str] = set()
+        attempts = self.settings.manifest_fetch_attempts
+        for _ in range(attempts):
+            try:
+                stored = await self.storage.get(snapshot_key(snapshot_id), max_bytes=limit)
+            except ObjectNotFound:
+                raise SnapshotNotFound(f"snapshot {snapshot_id} does not exist in {self.describe()}") from None
+            if len(stored) <= _DECODE_INLINE_BYTES:
+                digest = snapshot_id_of(stored)
+            else:
+                digest = await offload(partial(_digest, stored))
+            if digest == snapshot_id:
+                if len(stored) <= _DECODE_INLINE_BYTES:
+                    return decode_manifest(stored, snapshot_id, limit)
+                return await offload(partial(decode_manifest, stored, snapshot_id, limit))
+            if digest in seen:
+                raise ManifestInvalid(
+                    f"the manifest stored for snapshot {snapshot_id} does not hash to that ID (the same bytes came "
+                    f"back twice): it was truncated or altered in {self.describe()}; nothing was restored"
+                )
+            seen.add(digest)
+        raise CorruptedInTransit(
+            f"could not fetch an intact copy of the manifest of snapshot {snapshot_id} from {self.describe()}: "
+            f"{attempts} fetches came back different each time, so the network path or the server is corrupting "
+            "data; the stored manifest may be intact, try again or check the path to the storage"
+        )
 
     async def write_manifest(self, stored: bytes) -> str:
         """Store a manifest (after all its packs); returns the snapshot ID."""

@@ -25,12 +25,13 @@ class Storage(abc.ABC):
         """Where this is, for messages: a URL without credentials."""
 
     @abc.abstractmethod
-    async def get(self, key: str) -> bytes:
-        """The whole object. Raises ObjectNotFound."""
+    async def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The whole object. Raises ObjectNotFound, or ObjectTooLarge if it is longer than ``max_bytes``."""
 
     @abc.abstractmethod
     async def get_range(self, key: str, offset: int, length: int) -> bytes:
-        """Exactly ``length`` bytes from ``offset``. Raises ObjectNotFound, ObjectTruncated."""
+        """Exactly ``length`` bytes from ``offset``. Raises ObjectNotFound, ObjectTruncated (the object is
+        shorter), or TransientStorageError when fewer bytes arrived than the object holds."""
 
     async def get_range_into(self, key: str, offset: int, buffer: memoryview) -> None:
         """Fill ``buffer`` with the ``len(buffer)`` bytes from ``offset``. Raises as ``get_range``.

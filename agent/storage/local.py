@@ -7,13 +7,28 @@ import builtins
 import contextlib
 import os
 import secrets
+import stat
 
-from agent.errors import ObjectNotFound, ObjectTruncated, StorageError
+from agent.errors import ObjectNotFound, ObjectTooLarge, ObjectTruncated, StorageError
 from agent.storage.base import Storage, check_key
+
+_MAX_OFFSET = 2**63 - 1
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device node" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
 
 
 class LocalStorage(Storage):
-    """Objects are files under ``root``; a put writes a temporary file, fsyncs and renames it."""
+    """Objects are files under ``root``; a put writes a temporary file, fsyncs and renames it. Reads
+    open objects without blocking (a FIFO where an object should be never hangs a read) and refuse
+    anything but a regular file."""
 
     def __init__(self, root: str) -> None:
         self._root = os.path.abspath(root)
@@ -24,36 +39,61 @@ class LocalStorage(Storage):
     def _path(self, key: str) -> str:
         return os.path.join(self._root, *check_key(key).split("/"))
 
-    async def get(self, key: str) -> bytes:
-        return await asyncio.to_thread(self._get, key)
-
-    def _get(self, key: str) -> bytes:
+    def _open(self, key: str) -> tuple[int, int]:
+        """An object opened for reading, and its size."""
         try:
-            with open(self._path(key), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except (FileNotFoundError, NotADirectoryError):
             raise ObjectNotFound(key, self.describe()) from None
         except OSError as e:
+            raise StorageError(f"cannot open {key!r} in {self.describe()}: {e.strerror}") from e
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise StorageError(
+                    f"{key!r} in {self.describe()} is {_kind(st.st_mode)}, not an object: the repository is damaged"
+                )
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st.st_size
+
+    async def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        return await asyncio.to_thread(self._get, key, max_bytes)
+
+    def _get(self, key: str, max_bytes: int | None) -> bytes:
+        fd, size = self._open(key)
+        try:
+            if max_bytes is not None and size > max_bytes:
+                raise ObjectTooLarge(
+                    f"{key!r} in {self.describe()} holds {size} bytes, more than the {max_bytes} this read takes"
+                )
+            chunks: list[bytes] = []
+            while piece := os.read(fd, 1 << 20):
+                chunks.append(piece)
+            return b"".join(chunks)
+        except OSError as e:
             raise StorageError(f"cannot read {key!r} in {self.describe()}: {e.strerror}") from e
+        finally:
+            os.close(fd)
 
     async def get_range(self, key: str, offset: int, length: int) -> bytes:
         return await asyncio.to_thread(self._get_range, key, offset, length)
 
     def _get_range(self, key: str, offset: int, length: int) -> bytes:
+        fd, size = self._open(key)
         try:
-            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise ObjectNotFound(key, self.describe()) from None
+            past_end = offset < 0 or offset + length > min(size, _MAX_OFFSET)
+            data = b"" if past_end else os.pread(fd, length, offset)
         except OSError as e:
-            raise StorageError(f"cannot open {key!r} in {self.describe()}: {e.strerror}") from e
-        try:
-            data = os.pread(fd, length, offset)
+            raise StorageError(f"cannot read {key!r} in {self.describe()}: {e.strerror}") from e
         finally:
             os.close(fd)
         if len(data) != length:
             raise ObjectTruncated(
-                f"{key!r} in {self.describe()} ends before byte {offset + length} (read {len(data)} of "
-                f"{length} bytes at {offset})"
+                f"{key!r} in {self.describe()} holds {size} bytes; a read of {length} bytes at {offset} goes past "
+                "its end"
             )
         return data
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, TypeVar
@@ -23,11 +24,15 @@ from aiobotocore.session import AioSession
 from agent.errors import (
     AccessDenied,
     BucketNotFound,
+    ConfigError,
+    FerryError,
     ObjectNotFound,
+    ObjectTooLarge,
     ObjectTruncated,
     StorageError,
     TransientStorageError,
 )
+from agent.logs import add_secret
 from agent.settings import S3Settings
 from agent.storage.base import Storage, check_key
 
@@ -67,8 +72,17 @@ _TRANSIENT_BOTOCORE = (
     botocore.exceptions.HTTPClientError,
 )
 
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+def _object_size(content_range: str) -> int | None:
+    """The object's whole size from a Content-Range header (RFC 9110 section 14.4), if it says."""
+    m = _CONTENT_RANGE.match(content_range.strip())
+    return int(m.group(3)) if m and m.group(3) != "*" else None
+
+
 # What a retry loop reports: operation, key, attempt number (1-based) and the error.
-RetryHook = Callable[[str, str, int, StorageError], None]
+RetryHook = Callable[[str, str, int, FerryError], None]
 
 
 _loader: botocore.loaders.Loader | None = None
@@ -116,6 +130,13 @@ class S3Storage(Storage):
         return storage
 
     async def _connect(self) -> None:
+        try:
+            await self._create_client()
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, aiohttp.ClientError) as e:
+            await self._stack.aclose()
+            raise self._translate("connecting to", "", e) from None
+
+    async def _create_client(self) -> None:
         s = self._settings
         session = AioSession(profile=s.profile) if s.profile else AioSession()
         session.register_component("data_loader", _shared_loader())
@@ -134,6 +155,14 @@ class S3Storage(Storage):
         )
         verify: bool | str = s.ca_bundle if (s.verify_tls and s.ca_bundle) else s.verify_tls
         use_ssl = not (s.endpoint_url or "").startswith("http://")
+        for value in (s.access_key_id, s.secret_access_key, s.session_token):
+            add_secret(value)
+        if s.access_key_id is None:  # the chain's: scrub them from every log line too
+            found = await session.get_credentials()
+            if found is not None:
+                frozen = await found.get_frozen_credentials()
+                for value in (frozen.access_key, frozen.secret_key, frozen.token):
+                    add_secret(value)
         self._client = await self._stack.enter_async_context(
             session.create_client(
                 "s3",
@@ -163,10 +192,15 @@ class S3Storage(Storage):
     def _key(self, key: str) -> str:
         return self._prefix + check_key(key)
 
-    async def get(self, key: str) -> bytes:
+    async def get(self, key: str, max_bytes: int | None = None) -> bytes:
         async def op() -> bytes:
             response = await self.client.get_object(Bucket=self._bucket, Key=self._key(key))
             async with response["Body"] as body:
+                size = response.get("ContentLength", 0)
+                if max_bytes is not None and size > max_bytes:
+                    raise ObjectTooLarge(
+                        f"{key!r} in {self.describe()} holds {size} bytes, more than the {max_bytes} this read takes"
+                    )
                 return await body.read()
 
         return await self._call("GET", key, op)
@@ -203,9 +237,15 @@ class S3Storage(Storage):
                         extra = True
                         break
             if filled != length:
-                raise ObjectTruncated(
-                    f"{key!r} in {self.describe()} ends before byte {offset + length} "
-                    f"(got {filled} of {length} bytes at {offset})"
+                total = _object_size(response.get("ContentRange", ""))
+                if total is not None and total < offset + length:
+                    raise ObjectTruncated(
+                        f"{key!r} in {self.describe()} holds {total} bytes; a read of {length} bytes at {offset} "
+                        "goes past its end"
+                    )
+                raise TransientStorageError(
+                    f"GET {key!r} on {self.describe()} delivered {filled} of the {length} bytes asked at {offset}, "
+                    "will retry"
                 )
             if extra:
                 raise StorageError(
@@ -249,7 +289,7 @@ class S3Storage(Storage):
                 async with asyncio.timeout(s.request_timeout_s):
                     return await op()
             except StorageError as e:
-                error: StorageError = e
+                error: FerryError = e
             except TimeoutError as e:
                 error = TransientStorageError(
                     f"{op_name} {key!r} on {self.describe()} took longer than {s.request_timeout_s:g} s"
@@ -268,14 +308,14 @@ class S3Storage(Storage):
             delay = random.uniform(0, min(s.backoff_max_s, s.backoff_base_s * 2 ** (attempt - 1)))  # noqa: S311
             await asyncio.sleep(delay)
 
-    def _translate(self, op_name: str, key: str, e: Exception) -> StorageError:
+    def _translate(self, op_name: str, key: str, e: Exception) -> FerryError:
         where = self.describe()
-        what = f"{op_name} {key!r} on {where}"
+        what = f"{op_name} {key!r} on {where}" if key else f"{op_name} {where}"
+        out: FerryError
         if isinstance(e, botocore.exceptions.ClientError):
             err = e.response.get("Error", {})
             code = str(err.get("Code", ""))
             status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            out: StorageError
             if code == "NoSuchBucket":
                 out = BucketNotFound(f"bucket {self._bucket!r} does not exist at {where}")
             elif code in _NOT_FOUND:
@@ -288,18 +328,29 @@ class S3Storage(Storage):
                 out = TransientStorageError(f"{what} failed with {code or status}, will retry")
             else:
                 out = StorageError(f"{what} failed: {code or status} {err.get('Message', '')}".rstrip())
-        elif isinstance(e, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+        elif isinstance(e, botocore.exceptions.PartialCredentialsError):
+            out = AccessDenied(f"incomplete S3 credentials for {where}: {_first_line(e)}")
+        elif isinstance(e, botocore.exceptions.NoCredentialsError):
             out = AccessDenied(
                 f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                 "AWS_SHARED_CREDENTIALS_FILE or AWS_PROFILE"
             )
         elif isinstance(e, botocore.exceptions.ProfileNotFound):
-            out = AccessDenied(f"{e} (needed for {where})")
+            out = AccessDenied(
+                f"the AWS profile {e.kwargs.get('profile', '')!r} (AWS_PROFILE or --s3-profile) is in neither the "
+                f"credentials file nor the config file (needed for {where})"
+            )
+        elif isinstance(e, botocore.exceptions.ConfigParseError | botocore.exceptions.ConfigNotFound):
+            out = ConfigError(f"the AWS credentials or config file cannot be read: {_first_line(e)} ({where})")
         elif isinstance(e, botocore.exceptions.SSLError):
             out = StorageError(f"TLS to {where} failed: {e}; set a CA bundle or, for testing only, skip verification")
         elif isinstance(e, (*_TRANSIENT_BOTOCORE, aiohttp.ClientError)):
             out = TransientStorageError(f"{what}: {type(e).__name__}: {e}")
         else:
-            out = StorageError(f"{what}: {e}")
+            out = StorageError(f"{what}: {type(e).__name__}: {_first_line(e)}")
         out.__cause__ = e
         return out
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -1,4 +1,10 @@
-"""Repository URLs: ``s3://bucket/prefix``, ``file:///path`` or a plain local path."""
+"""Repository URLs: ``s3://bucket/prefix``, ``file:///path`` or a plain local path.
+
+Anything that looks like a URL (a scheme and a colon) but is not one of these is refused with a hint,
+never taken as a local directory: ``s3:/bucket`` or restic's ``s3:http://host/bucket`` would otherwise
+quietly create a directory named ``s3:`` and write a repository into it. A local directory whose name
+holds a colon is written ``./name:with:colon``.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,13 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from agent.errors import ConfigError
-from agent.settings import S3Settings
+from agent.settings import S3Settings, redact_url
 from agent.storage.base import Storage
 from agent.storage.local import LocalStorage
 from agent.storage.s3 import S3Storage
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 
 
 @dataclass(frozen=True)
@@ -25,24 +32,57 @@ class RepoLocation:
     """The prefix inside the bucket (no leading or trailing '/'), or the local directory."""
 
 
+def _refuse(url: str, why: str, hint: str) -> ConfigError:
+    return ConfigError(f"repository URL {redact_url(url)!r} {why}: {hint}")
+
+
 def parse_repo_url(url: str) -> RepoLocation:
-    if url.startswith("s3://"):
-        parts = urlsplit(url)
+    """Raises ConfigError (with a hint) for anything that is not a repository URL or a local path."""
+    if not url.strip():
+        raise ConfigError("the repository URL is empty")
+    scheme_match = _SCHEME.match(url)
+    scheme = scheme_match.group(1).lower() if scheme_match else ""
+    rest = url[len(scheme) + 1 :] if scheme_match else url
+    if scheme == "s3":
+        if not rest.startswith("//"):
+            inner = rest.lstrip("/")
+            if _SCHEME.match(inner):  # restic's s3:http://host/bucket
+                hint = "write s3://BUCKET/PREFIX and give the endpoint with --s3-endpoint (or AWS_ENDPOINT_URL_S3)"
+                raise _refuse(url, "is restic's form", hint)
+            raise _refuse(url, "needs two slashes", f"write s3://{inner}")
+        parts = urlsplit("s3:" + rest)
+        if "@" in parts.netloc:
+            raise _refuse(
+                url,
+                "carries credentials",
+                "give them as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a "
+                "credentials file or a profile, never in the URL",
+            )
         bucket = parts.netloc
         if not _BUCKET.match(bucket):
-            raise ConfigError(f"repository URL {url!r}: {bucket!r} is not a valid bucket name")
+            raise _refuse(
+                url,
+                f"names {bucket!r}, which is not a valid bucket name",
+                "bucket names are 3-63 lower-case letters, digits, dots and hyphens",
+            )
         if parts.query or parts.fragment:
-            raise ConfigError(f"repository URL {url!r}: S3 options are flags or AWS_* variables, not a query")
+            raise _refuse(url, "has a query or fragment", "S3 options are flags or AWS_* variables")
         return RepoLocation("s3", bucket, unquote(parts.path).strip("/"))
-    if url.startswith("file://"):
-        path = unquote(urlsplit(url).path)
+    if scheme == "file":
+        if not rest.startswith("//"):
+            raise _refuse(url, "is not a file URL", f"write file:///ABSOLUTE/PATH or ./{rest}")
+        parts = urlsplit("file:" + rest)
+        if parts.netloc not in ("", "localhost"):
+            raise _refuse(url, f"names host {parts.netloc!r}", "a file URL names a local path: file:///PATH")
+        path = unquote(parts.path)
         if not path:
-            raise ConfigError(f"repository URL {url!r} has no path")
+            raise _refuse(url, "has no path", "write file:///ABSOLUTE/PATH")
         return RepoLocation("file", "", path)
-    if "://" in url:
-        raise ConfigError(f"repository URL {url!r}: only s3:// and file:// (or a plain path) are supported")
-    if not url:
-        raise ConfigError("the repository URL is empty")
+    if scheme_match:
+        hint = "Ferry reads s3://BUCKET/PREFIX, file:///PATH or a local directory"
+        if not rest.startswith("//"):
+            hint += f" (one whose name holds a colon is written ./{url})"
+        raise _refuse(url, f"has the scheme {scheme!r}", hint)
     return RepoLocation("file", "", url)
 
 

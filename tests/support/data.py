@@ -116,29 +116,55 @@ def make_sample_tree(root: Path, seed: int = 2, big_file: int = 12 * MiB, as_roo
     return root
 
 
-def describe_tree(root: Path) -> dict[str, tuple[object, ...]]:
-    """Everything a restore must reproduce, per relative path ('' is the root)."""
+def _xattrs(where: str) -> tuple[tuple[str, bytes], ...]:
+    try:
+        names = os.listxattr(where, follow_symlinks=False)
+    except OSError:
+        return ()
+    return tuple(sorted((n, os.getxattr(where, n, follow_symlinks=False)) for n in names))
+
+
+def describe_tree(root: Path | str) -> dict[str, tuple[object, ...]]:
+    """Everything a restore must reproduce, per relative path ('' is the root): type, mode, owner, mtime
+    (ns), extended attributes (ACLs and capabilities among them), then the size and content of files
+    with their hardlink group, a symlink's target, or a device's numbers. Walked with directory
+    descriptors (``os.fwalk``), so paths longer than PATH_MAX and names that are not UTF-8 work."""
     out: dict[str, tuple[object, ...]] = {}
     inode_first: dict[tuple[int, int], str] = {}
 
-    def visit(full: str, rel: str) -> None:
-        st = os.lstat(full)
-        common = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)
+    def visit(dir_fd: int, name: str, rel: str) -> None:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        where = f"/proc/self/fd/{dir_fd}/{name}" if name != "." else f"/proc/self/fd/{dir_fd}"
+        common = (
+            stat.S_IFMT(st.st_mode),
+            stat.S_IMODE(st.st_mode),
+            st.st_uid,
+            st.st_gid,
+            st.st_mtime_ns,
+            _xattrs(where),
+        )
         if stat.S_ISLNK(st.st_mode):
-            out[rel] = (*common, os.readlink(full))
+            out[rel] = (*common, os.readlink(name, dir_fd=dir_fd))
         elif stat.S_ISREG(st.st_mode):
             group = inode_first.setdefault((st.st_dev, st.st_ino), rel)
-            with open(full, "rb") as f:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            with os.fdopen(fd, "rb") as f:
                 out[rel] = (*common, st.st_size, f.read(), group)
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            out[rel] = (*common, (os.major(st.st_rdev), os.minor(st.st_rdev)))
         else:
             out[rel] = common
 
-    visit(str(root), "")
-    for dirpath, dirnames, filenames in os.walk(root):
+    top = os.fsencode(root)
+    for dirpath, dirnames, filenames, dir_fd in os.fwalk(top):
         dirnames.sort()
+        base = os.path.relpath(dirpath, top)
+        if base == b".":
+            visit(dir_fd, ".", "")
+            base = b""
         for name in sorted(filenames) + dirnames:
-            full = os.path.join(dirpath, name)
-            visit(full, os.path.relpath(full, root))
+            rel = os.fsdecode(os.path.join(base, name)) if base else os.fsdecode(name)
+            visit(dir_fd, os.fsdecode(name), rel)
     return out
 
 
@@ -146,7 +172,7 @@ def tree_differences(expected: Path, actual: Path) -> list[str]:
     a, b = describe_tree(expected), describe_tree(actual)
     diffs = [f"missing: {p!r}" for p in sorted(a.keys() - b.keys())]
     diffs += [f"unexpected: {p!r}" for p in sorted(b.keys() - a.keys())]
-    fields = ("type", "mode", "uid", "gid", "mtime", "size/target", "content", "hardlink group")
+    fields = ("type", "mode", "uid", "gid", "mtime", "xattrs", "size/target/device", "content", "hardlink group")
     for p in sorted(a.keys() & b.keys()):
         for name, x, y in zip(fields, a[p], b[p], strict=False):
             if x != y:

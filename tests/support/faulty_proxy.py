@@ -5,6 +5,8 @@ forwards the request untouched, Host header included, so the server's signature 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -32,6 +34,17 @@ class FaultyProxy:
     """Set once a request is being held."""
     requests: int = 0
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    flip_percent: int = 0
+    """Flip one byte in this share of GET bodies (by a hash of the request and how often it was made, so
+    the same requests meet the same faults in whatever order they arrive)."""
+    truncate_percent: int = 0
+    """Cut this share of GET bodies short (Content-Length says the short length: only a check of the
+    bytes themselves can tell)."""
+    ranges_only: bool = False
+    """Damage only ranged GETs (pack reads), not whole objects (manifests)."""
+    seed: int = 0
+    faults: int = 0
+    _seen: Counter[str] = field(default_factory=Counter)
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
     port: int = 0
@@ -77,4 +90,26 @@ class FaultyProxy:
         ) as upstream:
             payload = await upstream.read()
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP}
+            ranged = "Range" in request.headers
+            if (
+                request.method == "GET"
+                and upstream.status in (200, 206)
+                and payload
+                and (ranged or not self.ranges_only)
+            ):
+                payload = self._damage(f"{request.rel_url.raw_path_qs} {request.headers.get('Range', '')}", payload)
             return web.Response(status=upstream.status, body=payload, headers=out_headers)
+
+    def _damage(self, request: str, payload: bytes) -> bytes:
+        self._seen[request] += 1
+        roll = hashlib.blake2b(f"{self.seed} {request} {self._seen[request]}".encode(), digest_size=8).digest()
+        pick, where = roll[0] % 100, int.from_bytes(roll[1:], "big")
+        if pick < self.flip_percent:
+            self.faults += 1
+            damaged = bytearray(payload)
+            damaged[where % len(payload)] ^= 1 << (where % 8)
+            return bytes(damaged)
+        if pick < self.flip_percent + self.truncate_percent:
+            self.faults += 1
+            return payload[: where % len(payload)]
+        return payload
