@@ -277,6 +277,7 @@ def _summary(snapshot_id: str, m: Manifest) -> dict[str, Any]:
 
 async def cmd_snapshot_list(args: argparse.Namespace) -> int:
     async def body(repo: Repository) -> int:
+        await repo.storage.check()
         rows: list[dict[str, Any]] = []
         unreadable = 0
         for snapshot_id in await repo.snapshot_ids():
@@ -309,11 +310,10 @@ async def cmd_snapshot_show(args: argparse.Namespace) -> int:
 
 
 async def cmd_restore(args: argparse.Namespace) -> int:
-    range_bytes = parse_size(args.range_size, "--range-size")
     settings = RestoreSettings(
         reads_in_flight=args.reads,
-        max_range_bytes=range_bytes,
-        memory_bytes=max(parse_size(args.memory, "--memory"), range_bytes),
+        max_range_bytes=parse_size(args.range_size, "--range-size"),
+        memory_bytes=parse_size(args.memory, "--memory"),
         threads=args.threads,
         sparse=args.sparse,
         direct_io=args.direct_io,
@@ -383,6 +383,14 @@ def _fail(message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the event loop took over Ctrl-C (argument parsing, setting up)
+        sys.stderr.write("ferry: interrupted\n")
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = (args.log_level or os.environ.get("FERRY_LOG_LEVEL") or "warning").lower()

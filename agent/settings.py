@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal
+from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
 
@@ -91,6 +92,13 @@ def check_endpoint(url: str, what: str) -> str:
         )
     if not re.match(r"^https?://[^/]+", url):
         raise ConfigError(f"{what} {url!r} must be an http:// or https:// URL")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as e:
+        raise ConfigError(f"{what} {url!r} is not a URL: {e}") from None
+    if not parts.hostname or "\x00" in url or parts.query or parts.fragment:
+        raise ConfigError(f"{what} {url!r} must be http(s)://HOST[:PORT][/PATH], without a query")
     return url
 
 
@@ -278,7 +286,11 @@ class RestoreSettings:
         if self.max_range_bytes < 64 * KiB or self.max_gap_bytes < 0:
             raise ConfigError("max range must be >= 64 KiB and max gap >= 0")
         if self.memory_bytes < self.max_range_bytes:
-            raise ConfigError("the memory limit must be at least the maximum range size")
+            raise ConfigError(
+                f"the restore memory limit ({self.memory_bytes} bytes: --memory, FERRY_RESTORE_MEMORY, ferry.memory) "
+                f"must hold at least one range ({self.max_range_bytes} bytes: --range-size, FERRY_RESTORE_MAX_RANGE, "
+                "ferry.maxRangeBytes)"
+            )
         if self.threads < 0 or self.fetch_attempts < 2:
             raise ConfigError("threads must be >= 0 and fetch attempts >= 2 (one to compare with)")
 

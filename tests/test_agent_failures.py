@@ -111,7 +111,7 @@ async def test_missing_snapshot(cluster: Cluster, tiny_snapshot: tuple[str, Path
         ({"ferry.readsInFlight": "lots"}, "spec.dataMoverConfig.ferry.readsInFlight: 'lots' is not a whole number"),
         ({"WriteSparseFiles": "sometimes"}, "spec.dataMoverConfig.WriteSparseFiles: 'sometimes' is not a boolean"),
         ({"ParallelFilesDownload": "0"}, "spec.dataMoverConfig.ParallelFilesDownload: '0' must be at least 1"),
-        ({"ferry.memory": "1MiB"}, "the memory limit must be at least the maximum range size"),
+        ({"ferry.memory": "1MiB"}, "must hold at least one range"),
     ],
     ids=["reads", "sparse", "parallel", "memory"],
 )

@@ -95,6 +95,12 @@ def local_snapshot(tmp_path: Path) -> tuple[Path, str]:
         ("backup:2026", "written ./backup:2026"),
         ("s3://Bad_Bucket/x", "is not a valid bucket name"),
         ("s3://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/x", "carries credentials"),
+        ("file://AKIAEXAMPLE:wJalrXUtnFEMI@host/p", "carries credentials"),
+        ("file://AKIAEXAMPLE:wJalrXUtnFEMI@/tmp", "carries credentials"),
+        ("s3://[bucket/p", "is not a URL"),
+        ("s3://bucket]/p", "is not a URL"),
+        ("file://[x/p", "is not a URL"),
+        ("file:///tmp/%00x", "holds a NUL byte"),
     ],
 )
 def test_anything_that_looks_like_a_url_but_is_not_one_is_a_usage_error(tmp_path: Path, url: str, hint: str) -> None:
@@ -120,6 +126,8 @@ def test_an_endpoint_with_credentials_is_refused_without_repeating_them(tmp_path
         env={"AWS_ENDPOINT_URL": f"https://{ACCESS_KEY}:{SECRET_KEY}@example.invalid"},
     )
     one_line(result, 2, "carries credentials")
+    for bad, why in (("http://[::1", "is not a URL"), ("http://host:99999", "Port out of range")):
+        one_line(ferry("snapshot", "list", "--repo", "s3://bucket/x", "--s3-endpoint", bad), 2, why)
 
 
 def test_profiles_and_credentials_files_that_do_not_work(s3_server: SeaweedServer, bucket: str, tmp_path: Path) -> None:
@@ -258,6 +266,27 @@ CASES: list[Case] = [
     ("SourceError: FIFO", _fifo_source, None, 1, "neither a block device"),
     ("TargetTooSmall", _small_target, None, 1, "holds 1 bytes"),
     (
+        "ConfigError: memory below a range",
+        lambda w: ["restore", "--repo", w.repo, "--snapshot", w.block, "--memory", "0", str(w.tmp / "o.img")],
+        None,
+        2,
+        "must hold at least one range",
+    ),
+    (
+        "StorageError: no repository",
+        lambda w: ["snapshot", "list", "--repo", str(w.tmp / "nowhere")],
+        None,
+        1,
+        "there is no repository at",
+    ),
+    (
+        "StorageError: a file, not a repository",
+        lambda w: ["snapshot", "list", "--repo", str(Path(w.repo) / "..") + "/disk.img"],
+        None,
+        1,
+        "not a directory",
+    ),
+    (
         "TargetError",
         lambda w: ["restore", "--repo", w.repo, "--snapshot", w.block, str(w.tmp)],
         None,
@@ -333,6 +362,8 @@ def test_damaged_repositories_are_one_line_and_the_listing_shows_the_rest(
     assert snap in listed.stdout, "the readable snapshot is listed"
     assert "upgrade Ferry" in listed.stderr
     assert "does not hash" in listed.stderr
+    assert f"snapshot {'e' * 64} cannot be read" in listed.stderr, "a directory where a manifest belongs is named"
+    assert "is a directory" in listed.stderr
     assert "Traceback" not in listed.stderr
     one_line(ferry("restore", "--repo", r, "--snapshot", "f" * 64, str(tmp_path / "o")), 1, "the same bytes came back")
     created = ferry("snapshot", "create", "--repo", r, str(tmp_path / "disk.img"))
@@ -421,6 +452,59 @@ async def test_ctrl_c_stops_within_a_second(
     assert child.returncode == 130, text
     assert text.strip().splitlines() == ["ferry: interrupted"]
     assert not (tmp_path / "out.img").exists()
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.4, 0.7])
+def test_ctrl_c_while_ferry_starts_is_one_line(tmp_path: Path, delay: float) -> None:
+    """Ctrl-C before the event loop runs (Python importing aiohttp and botocore, parsing flags) ends as any
+    other Ctrl-C does: the moments are samples, each must end the same way."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "agent", "snapshot", "list", "--repo", str(tmp_path)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(delay)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert "Traceback" not in err
+    assert child.returncode in (130, 0), err  # 0: it had finished before the signal
+    if child.returncode == 130:
+        assert err.strip().splitlines()[-1] == "ferry: interrupted"
+
+
+async def test_ctrl_c_during_a_long_manifest_read_stops_within_a_second(tmp_path: Path) -> None:
+    from bench import hostile  # noqa: PLC0415
+
+    stored = hostile.whitespace(3 * 1024 * MiB)  # 3 GiB of text to parse, from 100 KB
+    (tmp_path / "repo" / "snapshots").mkdir(parents=True)
+    (tmp_path / "repo" / "snapshots" / snapshot_id_of(stored)).write_bytes(stored)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent",
+        "snapshot",
+        "show",
+        "--repo",
+        str(tmp_path / "repo"),
+        snapshot_id_of(stored),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        await asyncio.sleep(2.0)  # the moment of the interrupt: imports done, the parse (several s) under way
+        child.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            _, err = await child.communicate()
+        assert time.monotonic() - started < 1.0
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    assert child.returncode == 130, err
+    assert err.decode().strip().splitlines()[-1] == "ferry: interrupted"
 
 
 @pytest.mark.parametrize("level", ["debug", "info", "warning", "error"])

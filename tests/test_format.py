@@ -158,6 +158,9 @@ def test_1_1_holds_names_that_are_not_utf8_attributes_and_special_files() -> Non
         ({"uid": 2**32 - 1}, r"\.uid must be an integer in \[0, 4294967294\]"),
         ({"mtime": (2**63) * 10**9}, r"\.mtime must be an integer"),
         ({"path": "d/" + "n" * 256}, "a component is longer than 255 bytes"),
+        ({"size": 0, "content": []}, "a dir has no content or size"),
+        ({"target": "x"}, "a dir has no target"),
+        ({"major": 1}, "a dir has no major"),
     ],
 )
 def test_entries_of_1_1_are_checked_field_by_field(edit: dict[str, object], message: str) -> None:
@@ -207,6 +210,13 @@ def test_damaged_manifest_is_refused(damage: str) -> None:
 def test_unknown_major_version_is_refused_with_upgrade_advice() -> None:
     stored = restamp(encode_manifest(block_manifest()), version=b"2.0")
     with pytest.raises(UnsupportedFormat, match=r"format 2\.0.*upgrade Ferry"):
+        decode_manifest(stored, snapshot_id_of(stored))
+
+
+@pytest.mark.parametrize("version", [b"01.1", b"1.01", b"1.", b".1", b"1.1.0", b"1234567.0"])
+def test_a_version_line_has_one_spelling(version: bytes) -> None:
+    stored = restamp(encode_manifest(block_manifest()), version=version)
+    with pytest.raises(ManifestInvalid, match=r"version line is malformed|does not start with"):
         decode_manifest(stored, snapshot_id_of(stored))
 
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from agent.backup.writer import WINDOW_ITEMS, create_snapshot
 from agent.pipeline.restore import restore
+from agent.repo.format import ChunkTable, Entry, Manifest, Meta, encode_manifest
 from agent.repo.repository import Repository
 from agent.settings import KiB, MiB, RestoreSettings, SnapshotSettings
 from agent.storage.local import LocalStorage
@@ -389,3 +390,62 @@ async def test_long_zero_runs_inside_data_become_holes(repo: Repository, tmp_pat
     await restore(repo, made.snapshot_id, str(tmp_path / "out"), RESTORE)
     assert (tmp_path / "out" / "zeros.bin").read_bytes() == data
     assert allocated(tmp_path / "out" / "zeros.bin") < 512 * KiB
+
+
+# --------------------------------------------------------------------------------------------------------
+# What a target cannot take is listed, not silently changed, and the rest is restored
+
+
+async def test_times_and_devices_the_target_cannot_hold_are_listed(repo: Repository, tmp_path: Path) -> None:
+    year_3000 = 32_503_680_000 * 10**9  # beyond ext4's 2446
+    meta = Meta(0o755, 0, 0, 0)
+    entries = (
+        Entry("future", "dir", Meta(0o755, 0, 0, year_3000)),
+        Entry("huge-device", "chardev", meta, major=2**31, minor=0),
+        Entry("ok", "dir", Meta(0o700, 0, 0, 5)),
+    )
+    m = Manifest("filesystem", 0, "2026-11-29T00:00:00Z", (), ChunkTable(b""), root=meta, entries=entries)
+    snapshot_id = await repo.write_manifest(encode_manifest(m))
+    result = await restore(repo, snapshot_id, str(tmp_path / "out"), RESTORE)
+    problems = {p.path: p.reason for p in result.problems}
+    assert set(problems) == {"future", "huge-device"}
+    assert "out of the target filesystem's range" in problems["future"]
+    assert "no such device numbers" in problems["huge-device"]
+    assert os.stat(tmp_path / "out" / "ok").st_mtime_ns == 5, "the rest is restored"
+
+
+_CAP_CHOWN = 0
+
+
+def _without_chown() -> None:
+    if ctypes.CDLL(None, use_errno=True).prctl(_PR_CAPBSET_DROP, _CAP_CHOWN, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+@pytest.mark.root
+def test_root_without_the_chown_capability_lists_owners_and_restores_the_rest(tmp_path: Path) -> None:
+    if not ROOT:
+        pytest.skip("dropping a capability needs root")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_bytes(b"data")
+    os.chown(tmp_path / "src" / "f", 1234, 1234)
+    repo = str(tmp_path / "repo")
+    snap = ferry("snapshot", "create", "--repo", repo, str(tmp_path / "src")).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "restore", "--repo", repo, "--snapshot", snap, str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        preexec_fn=_without_chown,
+    )
+    assert out.returncode == 3, out.stderr
+    assert "ferry: not restored: f: owner 1234:1234 not set: Operation not permitted" in out.stderr
+    assert (tmp_path / "out" / "f").read_bytes() == b"data", "the restore is kept"
+
+
+async def test_the_pack_count_includes_the_last_pack(repo: Repository, tmp_path: Path) -> None:
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "f").write_bytes(os.urandom(5000))
+    made = await create_snapshot(repo, str(tmp_path / "tree"), SMALL_CHUNKS)
+    assert made.packs == len(await repo.storage.list("packs/")) == 1

@@ -538,8 +538,7 @@ class _TreeSnapshot:
                     await stream.drain()
                     if self._leads(index, entry):
                         leaders[entry.key] = entry.path
-            holes, packs = stream.holes, stream.packs
-        return self._manifest(tree, leaders, holes, packs)
+        return self._manifest(tree, leaders, stream.holes, stream.packs)  # (every pack sealed by now)
 
     def _leads(self, index: int, entry: ScannedEntry) -> bool:
         state = self.states[index]

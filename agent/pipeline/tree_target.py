@@ -173,16 +173,22 @@ class TreeTarget:
 
     def _make_node(self, parent_fd: int, name: str, entry: Entry) -> None:
         """A FIFO or a device node (created private; its mode is applied with the rest of its metadata)."""
-        if entry.type == "fifo":
-            node, device = stat.S_IFIFO, 0
-        else:
-            node = stat.S_IFCHR if entry.type == "chardev" else stat.S_IFBLK
-            device = os.makedev(entry.major, entry.minor)
+        what = "FIFO" if entry.type == "fifo" else f"device node {entry.major}:{entry.minor}"
         try:
+            if entry.type == "fifo":
+                node, device = stat.S_IFIFO, 0
+            else:
+                node = stat.S_IFCHR if entry.type == "chardev" else stat.S_IFBLK
+                device = os.makedev(entry.major, entry.minor)
             self._replace(parent_fd, name, entry.path, lambda: os.mknod(name, node | 0o600, device, dir_fd=parent_fd))
         except PermissionError as e:
-            what = "FIFO" if entry.type == "fifo" else f"device node {entry.major}:{entry.minor}"
             self.problems.append(Problem(entry.path, f"{what} not created: {e.strerror} (making one needs root)"))
+        except (OverflowError, ValueError):  # numbers this system's dev_t cannot hold
+            self.problems.append(Problem(entry.path, f"{what} not created: this system has no such device numbers"))
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.EOVERFLOW):
+                raise
+            self.problems.append(Problem(entry.path, f"{what} not created: {e.strerror}"))
 
     def _replace(self, parent_fd: int, name: str, path: str, create: Callable[[], T]) -> T:
         try:
@@ -289,21 +295,40 @@ class TreeTarget:
             raise TargetError(f"cannot set the owner, mode or time of {shown(path or '.')}: {e.strerror}") from e
 
     def _apply_to(self, path: str, meta: Meta, fd: int, target: int | str) -> None:
-        if self._as_root:
-            os.chown(target, meta.uid, meta.gid)
+        self._chown(path, meta, lambda: os.chown(target, meta.uid, meta.gid))
         os.chmod(target, meta.mode)
         self._xattrs(path, target, meta, follow=True)
         os.utime(target, ns=(meta.mtime_ns, meta.mtime_ns))
+        self._check_mtime(path, meta, os.stat(target).st_mtime_ns)
 
     def _apply_symlink(self, path: str, meta: Meta) -> None:
         parent_fd, name = _parent(self.root_fd, path)
         try:
-            if self._as_root:
-                os.chown(name, meta.uid, meta.gid, dir_fd=parent_fd, follow_symlinks=False)
+            self._chown(path, meta, lambda: os.chown(name, meta.uid, meta.gid, dir_fd=parent_fd, follow_symlinks=False))
             self._xattrs(path, proc_path(parent_fd, name), meta, follow=False)
             os.utime(name, ns=(meta.mtime_ns, meta.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
+            self._check_mtime(path, meta, os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mtime_ns)
         finally:
             os.close(parent_fd)
+
+    def _chown(self, path: str, meta: Meta, chown: Callable[[], None]) -> None:
+        """Set the owner when running as root; root without the capability (a container's) gets a problem,
+        not an aborted restore."""
+        if not self._as_root:
+            return
+        try:
+            chown()
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EINVAL):
+                raise
+            self.problems.append(Problem(path or ".", f"owner {meta.uid}:{meta.gid} not set: {e.strerror}"))
+
+    def _check_mtime(self, path: str, meta: Meta, stored: int) -> None:
+        """A filesystem stores times in its own range (ext4: 1901-2446) and clamps others without an error.
+        (A coarser granularity than nanoseconds, such as ext4's with small inodes, is not reported.)"""
+        if abs(stored - meta.mtime_ns) >= 1_000_000_000:
+            why = f"modification time {meta.mtime_ns} ns stored as {stored}: out of the target filesystem's range"
+            self.problems.append(Problem(path or ".", why))
 
     def _xattrs(self, path: str, target: int | str, meta: Meta, *, follow: bool) -> None:
         for failure in xattrs.apply(target, meta.xattrs, follow_symlinks=follow):

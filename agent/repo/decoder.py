@@ -61,7 +61,7 @@ from agent.repo.format import (
     is_pack_name,
     snapshot_id_of,
 )
-from agent.repo.jsonstream import TOO_BIG, JsonError, JsonStream, Stop, check_text
+from agent.repo.jsonstream import TOO_BIG, JsonError, JsonStream, Stop, Stopped, check_text
 
 DEFAULT_MEMORY_BYTES = 1024 * 1024 * 1024
 MAX_WINDOW_BYTES = 16 * 1024 * 1024
@@ -91,10 +91,20 @@ def read_version(stored: bytes | memoryview) -> tuple[tuple[int, int], int]:
     end = head.find(b"\n")
     if not head.startswith(MAGIC) or end < 0:
         raise _Invalid("it does not start with 'ferry-snapshot <version>'")
-    m = re.fullmatch(rb"(\d{1,6})\.(\d{1,6})", head[len(MAGIC) : end])
+    m = re.fullmatch(rb"(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})", head[len(MAGIC) : end])
     if not m:
         raise _Invalid("its version line is malformed")
     return (int(m.group(1)), int(m.group(2))), end + 1
+
+
+def declared_body_bytes(stored: bytes) -> int:
+    """The body size a stored manifest's frame declares (-1 if it cannot be told): what reading it costs,
+    which its stored size does not say (a 100 KB frame can hold gigabytes)."""
+    try:
+        _, start = read_version(stored)
+        return int(zstandard.frame_content_size(memoryview(stored)[start:]))
+    except (_Invalid, zstandard.ZstdError):
+        return -1
 
 
 def decode_manifest(
@@ -138,7 +148,7 @@ def decode_manifest(
                 return piece
 
             with _collector_paused():
-                manifest = body.parse(JsonStream(read, stop))
+                manifest = body.parse(JsonStream(read, stop), stop)
             if got != size:
                 raise _Invalid(f"its body holds {got} bytes, its frame declares {size}")
             return manifest
@@ -259,7 +269,7 @@ class _Body:
         """The path of the entry being checked, once known (for messages)."""
 
     # --- top level -------------------------------------------------------------------------------------------
-    def parse(self, s: JsonStream) -> Manifest:
+    def parse(self, s: JsonStream, stop: Stop | None = None) -> Manifest:
         f = self.f
         for key in s.keys("the body"):
             if key == "mode":
@@ -286,9 +296,9 @@ class _Body:
             else:
                 s.skip(f"field {key!r}")
         s.end()
-        return self._finish()
+        return self._finish(stop)
 
-    def _finish(self) -> Manifest:
+    def _finish(self, stop: Stop | None) -> Manifest:
         f = self.f
         for name, value in (("mode", f.mode), ("size", f.size), ("created", f.created), ("packs", f.packs)):
             if value is None:
@@ -319,7 +329,7 @@ class _Body:
             raise _Invalid("a filesystem manifest needs 'root' and 'entries'")
         if not self.v11 and f.size > INT64_MAX:
             raise _Invalid(f"'size' must be at most {INT64_MAX} in format 1.0")
-        _check_contents(f.entries, f.chunks, f.size)
+        _check_contents(f.entries, f.chunks, f.size, stop)
         return Manifest(mode="filesystem", root=f.root, entries=tuple(f.entries), **common)
 
     # --- values ---------------------------------------------------------------------------------------------------
@@ -562,6 +572,9 @@ class _Body:
         if kind not in (ENTRY_TYPES if self.v11 else ENTRY_TYPES_1_0):
             raise _Invalid(f" has unknown type {_brief(kind)}")
         meta = self._meta(raw, "")
+        for fields, kinds_with in _FIELDS_OF:
+            if kind not in kinds_with and not fields.isdisjoint(raw):
+                raise _Invalid(f": a {kind} has no {' or '.join(sorted(fields & raw.keys()))}")
         charge = ENTRY_BYTES + 2 * len(path)
         entry: Entry
         if kind == "file":
@@ -607,6 +620,14 @@ def _text(value: str, what: str) -> str:
         return check_text(value, what)
     except JsonError as e:
         raise _Invalid(str(e)) from None
+
+
+_FIELDS_OF: tuple[tuple[frozenset[str], tuple[str, ...]], ...] = (
+    (frozenset({"size", "content"}), ("file",)),
+    (frozenset({"target", "rawTarget"}), ("symlink", "hardlink")),
+    (frozenset({"major", "minor"}), ("chardev", "blockdev")),
+)
+"""Fields that belong to some entry types: on another type they would mean nothing, so they are refused."""
 
 
 def _brief(value: object) -> str:
@@ -672,12 +693,14 @@ def _check_slots(slots: array[int], count: int, size: int, chunk_size: int, chun
         raise _Invalid(f"slot {slot} needs {chunk_size} bytes but chunk {v} holds {plain[v]}")
 
 
-def _check_contents(entries: list[Entry], chunks: ChunkTable, size: int) -> None:
+def _check_contents(entries: list[Entry], chunks: ChunkTable, size: int, stop: Stop | None) -> None:
     """Each file's chunks and holes add up to its size, and the files' sizes to the manifest's."""
     n = len(chunks)
     plain = chunks.columns().plain
     total = 0
     for index, entry in enumerate(entries):
+        if not index & 0xFFFF and stop is not None and stop.is_set():
+            raise Stopped
         if entry.type != "file":
             continue
         content = entry.content

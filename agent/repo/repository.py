@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import partial
 
 from agent.errors import ConfigError, CorruptedInTransit, ManifestInvalid, ObjectNotFound, PackMissing, SnapshotNotFound
-from agent.repo.decoder import decode_manifest
+from agent.repo.decoder import declared_body_bytes, decode_manifest
 from agent.repo.format import Manifest, is_snapshot_id, snapshot_id_of
 from agent.settings import RepositorySettings
 from agent.storage.base import Storage
@@ -22,7 +22,8 @@ from agent.threads import offload
 PACKS = "packs/"
 SNAPSHOTS = "snapshots/"
 
-# Manifests larger than this are hashed and decoded in a thread so the event loop keeps serving.
+# Manifests larger than this (stored, or their body once decompressed) are hashed and decoded in a thread, so
+# the event loop keeps serving and a cancellation stops them.
 _DECODE_INLINE_BYTES = 256 * 1024
 
 
@@ -47,8 +48,11 @@ class Repository:
         return self.storage.describe()
 
     async def snapshot_ids(self) -> list[str]:
+        """Every snapshot ID under ``snapshots/``, including any that is damaged (a directory where its
+        manifest should be lists as the ID, so reading it reports the damage)."""
         keys = await self.storage.list(SNAPSHOTS)
-        return [k[len(SNAPSHOTS) :] for k in keys if is_snapshot_id(k[len(SNAPSHOTS) :])]
+        ids = {k[len(SNAPSHOTS) :].split("/", 1)[0] for k in keys}
+        return sorted(i for i in ids if is_snapshot_id(i))
 
     async def read_manifest(self, snapshot_id: str) -> Manifest:
         """Fetch, verify (against the ID) and parse a manifest. Raises ConfigError (not an ID),
@@ -65,13 +69,12 @@ class Repository:
                 stored = await self.storage.get(snapshot_key(snapshot_id), max_bytes=limit)
             except ObjectNotFound:
                 raise SnapshotNotFound(f"snapshot {snapshot_id} does not exist in {self.describe()}") from None
-            if len(stored) <= _DECODE_INLINE_BYTES:
-                digest = snapshot_id_of(stored)
-            else:
-                digest = await offload(partial(_digest, stored))
+            small = len(stored) <= _DECODE_INLINE_BYTES
+            digest = snapshot_id_of(stored) if small else await offload(partial(_digest, stored))
             if digest == snapshot_id:
-                if len(stored) <= _DECODE_INLINE_BYTES:
+                if small and 0 <= declared_body_bytes(stored) <= _DECODE_INLINE_BYTES:
                     return decode_manifest(stored, snapshot_id, limit)
+                # In a thread that stops when this task is cancelled: Ctrl-C is not held up by a long parse.
                 return await offload(partial(decode_manifest, stored, snapshot_id, limit))
             if digest in seen:
                 raise ManifestInvalid(

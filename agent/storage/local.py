@@ -26,9 +26,10 @@ def _kind(mode: int) -> str:
 
 
 class LocalStorage(Storage):
-    """Objects are files under ``root``; a put writes a temporary file, fsyncs and renames it. Reads
-    open objects without blocking (a FIFO where an object should be never hangs a read) and refuse
-    anything but a regular file."""
+    """Objects are files under ``root``; a put writes a temporary file, fsyncs and renames it; a delete
+    removes directories it empties. Reads open objects without blocking (a FIFO where an object should
+    be never hangs a read) and refuse anything but a regular file; an empty directory is listed as a key,
+    so that a directory where an object should be is reported when it is read."""
 
     def __init__(self, root: str) -> None:
         self._root = os.path.abspath(root)
@@ -106,7 +107,11 @@ class LocalStorage(Storage):
         tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
         try:
             os.makedirs(directory, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:  # a delete removed the emptied directory meanwhile
+                os.makedirs(directory, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
                 view = memoryview(data)
                 while view:
@@ -124,12 +129,34 @@ class LocalStorage(Storage):
         await asyncio.to_thread(self._delete, key)
 
     def _delete(self, key: str) -> None:
+        path = self._path(key)
         try:
-            os.unlink(self._path(key))
+            os.unlink(path)
         except FileNotFoundError:
             pass
         except OSError as e:
             raise StorageError(f"cannot delete {key!r} from {self.describe()}: {e.strerror}") from e
+        # An object store has no empty directories: neither does this (an empty one is listed as damage).
+        directory = os.path.dirname(path)
+        while directory != self._root and directory.startswith(self._root):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                break
+            directory = os.path.dirname(directory)
+
+    async def check(self) -> None:
+        await asyncio.to_thread(self._check)
+
+    def _check(self) -> None:
+        try:
+            mode = os.stat(self._root).st_mode
+        except FileNotFoundError:
+            raise StorageError(f"there is no repository at {self.describe()}: the directory does not exist") from None
+        except OSError as e:
+            raise StorageError(f"cannot read the repository at {self.describe()}: {e.strerror}") from e
+        if not stat.S_ISDIR(mode):
+            raise StorageError(f"there is no repository at {self.describe()}: it is {_kind(mode)}, not a directory")
 
     async def list(self, prefix: str) -> list[str]:
         return await asyncio.to_thread(self._list, prefix)
@@ -146,6 +173,8 @@ class LocalStorage(Storage):
             keys.extend(
                 base + name for name in filenames if not name.startswith(".tmp-") and (base + name).startswith(prefix)
             )
+            if base and not dirnames and not filenames and base.rstrip("/").startswith(prefix):
+                keys.append(base.rstrip("/"))  # an empty directory where an object may be: reading it says so
         return sorted(keys)
 
     async def aclose(self) -> None:

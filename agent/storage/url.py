@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from agent.errors import ConfigError
 from agent.settings import S3Settings, redact_url
@@ -36,10 +36,19 @@ def _refuse(url: str, why: str, hint: str) -> ConfigError:
     return ConfigError(f"repository URL {redact_url(url)!r} {why}: {hint}")
 
 
+def _split(url: str, rest: str, scheme: str) -> SplitResult:
+    try:
+        return urlsplit(f"{scheme}:{rest}")
+    except ValueError as e:  # e.g. an unbalanced '[' (an IPv6 literal that does not end)
+        raise _refuse(url, "is not a URL", str(e)) from None
+
+
 def parse_repo_url(url: str) -> RepoLocation:
     """Raises ConfigError (with a hint) for anything that is not a repository URL or a local path."""
     if not url.strip():
         raise ConfigError("the repository URL is empty")
+    if "\x00" in url:
+        raise ConfigError("the repository URL holds a NUL byte")
     scheme_match = _SCHEME.match(url)
     scheme = scheme_match.group(1).lower() if scheme_match else ""
     rest = url[len(scheme) + 1 :] if scheme_match else url
@@ -50,7 +59,7 @@ def parse_repo_url(url: str) -> RepoLocation:
                 hint = "write s3://BUCKET/PREFIX and give the endpoint with --s3-endpoint (or AWS_ENDPOINT_URL_S3)"
                 raise _refuse(url, "is restic's form", hint)
             raise _refuse(url, "needs two slashes", f"write s3://{inner}")
-        parts = urlsplit("s3:" + rest)
+        parts = _split(url, rest, "s3")
         if "@" in parts.netloc:
             raise _refuse(
                 url,
@@ -71,12 +80,16 @@ def parse_repo_url(url: str) -> RepoLocation:
     if scheme == "file":
         if not rest.startswith("//"):
             raise _refuse(url, "is not a file URL", f"write file:///ABSOLUTE/PATH or ./{rest}")
-        parts = urlsplit("file:" + rest)
+        parts = _split(url, rest, "file")
+        if "@" in parts.netloc:
+            raise _refuse(url, "carries credentials", "a file URL names a local path: file:///PATH")
         if parts.netloc not in ("", "localhost"):
             raise _refuse(url, f"names host {parts.netloc!r}", "a file URL names a local path: file:///PATH")
         path = unquote(parts.path)
         if not path:
             raise _refuse(url, "has no path", "write file:///ABSOLUTE/PATH")
+        if "\x00" in path:
+            raise _refuse(url, "holds a NUL byte (%00)", "a path cannot hold one")
         return RepoLocation("file", "", path)
     if scheme_match:
         hint = "Ferry reads s3://BUCKET/PREFIX, file:///PATH or a local directory"
