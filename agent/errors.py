@@ -85,6 +85,14 @@ class CorruptedInTransit(StorageError):
     """An object's bytes failed their check on every fetch, and no two fetches agreed: the network path
     or the server corrupts data in flight; the stored object may be intact."""
 
+    def __init__(self, what: str, where: str, attempts: int, reason: str = "") -> None:
+        because = f" ({reason})" if reason else ""
+        super().__init__(
+            f"could not fetch {what} intact from {where}: {attempts} fetches came back different each time"
+            f"{because}, so the network path or the server is corrupting data; the stored object may be intact, "
+            "try again or check the path to the storage"
+        )
+
 
 class RepositoryError(FerryError):
     """The repository's content contradicts the format."""

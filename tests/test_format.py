@@ -25,7 +25,6 @@ from agent.repo.format import (
     Meta,
     check_relative_path,
     encode_manifest,
-    merge_holes,
     snapshot_id_of,
 )
 
@@ -93,7 +92,7 @@ def test_block_manifest_round_trips(version: tuple[int, int]) -> None:
 
 def test_hole_runs_are_one_value_in_1_1_and_one_per_slot_in_1_0() -> None:
     table = ChunkTable.from_records([ChunkRecord(b"\x01" * 32, 0, 0, 100, 4096)])
-    m = Manifest("block", 4096 * 1000, "2026-11-21T00:00:00Z", (PACK,), table, 4096, merge_holes([0] + [HOLE] * 999))
+    m = Manifest("block", 4096 * 1000, "2026-11-21T00:00:00Z", (PACK,), table, 4096, array("q", [0, -999]))
     assert list(m.slots) == [0, -999]
     new = decode_manifest(encode_manifest(m), snapshot_id_of(encode_manifest(m)))
     assert list(new.slots) == [0, -999]

@@ -8,7 +8,6 @@ escapes for control characters and bytes that are not UTF-8, so the text can be 
 
 from __future__ import annotations
 
-import os
 import string
 from dataclasses import dataclass
 
@@ -56,11 +55,6 @@ def shown(name: str) -> str:
     if escapes:
         out.append("$'" + "".join(escapes) + "'")
     return "".join(out)
-
-
-def from_bytes(raw: bytes) -> str:
-    """A name's bytes as Ferry holds them (``os.fsdecode``), lossless."""
-    return os.fsdecode(raw)
 
 
 def is_utf8(name: str) -> bool:

@@ -211,9 +211,7 @@ class _Transfer:
                 raise ChunkCorrupt(job.id.hex(), rng.pack, job.offset, reason, attempt)
             seen.add(digest)
         raise CorruptedInTransit(
-            f"chunk {job.id.hex()} in pack {rng.pack} at offset {job.offset} could not be fetched intact: {attempt} "
-            f"fetches came back different each time ({reason}), so the network path or the server is corrupting "
-            "data; the stored chunk may be intact, try again or check the path to the storage"
+            f"chunk {job.id.hex()} (pack {rng.pack}, offset {job.offset})", self.repo.describe(), attempt, reason
         )
 
     async def move(self, rng: FetchRange) -> None:

@@ -258,19 +258,6 @@ class Manifest:
                 yield from (HOLE for _ in range(-value))
 
 
-def merge_holes(values: Sequence[int] | Iterator[int]) -> array[int]:
-    """Per-slot values (chunk index or HOLE) as the manifest encodes them, consecutive holes merged."""
-    out = array("q")
-    for v in values:
-        if v >= 0:
-            out.append(v)
-        elif out and out[-1] < 0:
-            out[-1] += v
-        else:
-            out.append(v)
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Encoding
 

@@ -82,11 +82,7 @@ class Repository:
                     f"back twice): it was truncated or altered in {self.describe()}; nothing was restored"
                 )
             seen.add(digest)
-        raise CorruptedInTransit(
-            f"could not fetch an intact copy of the manifest of snapshot {snapshot_id} from {self.describe()}: "
-            f"{attempts} fetches came back different each time, so the network path or the server is corrupting "
-            "data; the stored manifest may be intact, try again or check the path to the storage"
-        )
+        raise CorruptedInTransit(f"the manifest of snapshot {snapshot_id}", self.describe(), attempts)
 
     async def write_manifest(self, stored: bytes) -> str:
         """Store a manifest (after all its packs); returns the snapshot ID."""
