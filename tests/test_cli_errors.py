@@ -498,33 +498,17 @@ def test_no_output_at_any_log_level_holds_a_credential(
         "AWS_REGION": "us-east-1",
     }
     repo = f"s3://{bucket}/leak"
-    runs = [
-        ferry("--log-level", level, "snapshot", "create", "--repo", repo, str(tmp_path / "disk.img"), env=env),
-        ferry("--log-level", level, "snapshot", "list", "--repo", repo, env=env),
-        ferry("--log-level", level, "snapshot", "list", "--repo", repo, env=file_env),
-        ferry(
-            "--log-level",
-            level,
-            "snapshot",
-            "list",
-            "--repo",
-            repo,
-            env={**env, "AWS_SECRET_ACCESS_KEY": SECRET_KEY + "-wrong"},
-        ),
-        ferry("--log-level", level, "snapshot", "list", "--repo", "s3://no-such-bucket-x/p", env=env),
-        ferry("--log-level", level, "restore", "--repo", repo, "--snapshot", "1" * 64, str(tmp_path / "o"), env=env),
-        ferry(
-            "--log-level",
-            level,
-            "snapshot",
-            "list",
-            "--repo",
-            repo,
-            "--s3-endpoint",
-            f"http://{ACCESS_KEY}:{SECRET_KEY}@127.0.0.1:1",
-            env=env,
-        ),
+    bad_endpoint = f"http://{ACCESS_KEY}:{SECRET_KEY}@127.0.0.1:1"
+    commands: list[tuple[list[str], dict[str, str]]] = [
+        (["snapshot", "create", "--repo", repo, str(tmp_path / "disk.img")], env),
+        (["snapshot", "list", "--repo", repo], env),
+        (["snapshot", "list", "--repo", repo], file_env),
+        (["snapshot", "list", "--repo", repo], {**env, "AWS_SECRET_ACCESS_KEY": SECRET_KEY + "-wrong"}),
+        (["snapshot", "list", "--repo", "s3://no-such-bucket-x/p"], env),
+        (["restore", "--repo", repo, "--snapshot", "1" * 64, str(tmp_path / "o")], env),
+        (["snapshot", "list", "--repo", repo, "--s3-endpoint", bad_endpoint], env),
     ]
+    runs = [ferry("--log-level", level, *args, env=run_env) for args, run_env in commands]
     if level == "debug":
         assert "Authorization" in runs[1].stderr, "botocore's debug lines are there, scrubbed"
     for run in runs:

@@ -19,7 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.backup import scan
+from agent.backup.scan import MAX_OPEN_DIRS
 from agent.backup.writer import WINDOW_ITEMS, create_snapshot
+from agent.fs.beneath import open_beneath
 from agent.pipeline.restore import restore
 from agent.repo.format import ChunkTable, Entry, Manifest, Meta, encode_manifest
 from agent.repo.repository import Repository
@@ -449,3 +452,25 @@ async def test_the_pack_count_includes_the_last_pack(repo: Repository, tmp_path:
     (tmp_path / "tree" / "f").write_bytes(os.urandom(5000))
     made = await create_snapshot(repo, str(tmp_path / "tree"), SMALL_CHUNKS)
     assert made.packs == len(await repo.storage.list("packs/")) == 1
+
+
+async def test_a_tree_deeper_than_the_descriptors_held_round_trips(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk holds at most MAX_OPEN_DIRS directory descriptors: deeper, it closes ancestors and opens
+    them again by path when it comes back to them (checking they are still the same directories)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    make_deep(tree, MAX_OPEN_DIRS * 2, b"d")
+    # Met after the deep branch, in a directory whose descriptor was closed: opened again to reach them.
+    (tree / "d" / "z-dir").mkdir()
+    (tree / "d" / "z-link").symlink_to("z-dir")
+    reopened: list[str] = []
+
+    def counted(root_fd: int, path: str, flags: int, mode: int = 0o600) -> int:
+        reopened.append(path)
+        return open_beneath(root_fd, path, flags, mode)
+
+    monkeypatch.setattr(scan, "open_beneath", counted)
+    assert await round_trip(repo, tree, tmp_path / "out") == []
+    assert "d" in reopened, "the walk closed and reopened an ancestor"

@@ -46,7 +46,7 @@ class ScannedTree:
     skipped: list[Problem] = field(default_factory=list)
     """Entries that could not be read: the snapshot is incomplete without them."""
     notes: list[Problem] = field(default_factory=list)
-    """Entries not stored by design (sockets) and attributes that cannot be stored."""
+    """Entries not stored by design (sockets)."""
 
 
 def reason(e: OSError) -> str:
@@ -58,14 +58,14 @@ def reason(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def clean_xattrs(found: list[tuple[str, bytes]], path: str, notes: list[Problem]) -> Xattrs:
-    """The attributes the format can hold; names that are not UTF-8 are reported instead."""
+def clean_xattrs(found: list[tuple[str, bytes]], path: str, lost: list[Problem]) -> Xattrs:
+    """The attributes the format can hold; those whose names are not UTF-8 are added to ``lost``."""
     kept = []
     for name, value in found:
         if is_utf8(name):
             kept.append((name, value))
         else:
-            notes.append(Problem(path, f"extended attribute {name!r} not stored: its name is not UTF-8"))
+            lost.append(Problem(path, f"extended attribute {name!r} not stored: its name is not UTF-8"))
     return tuple(kept)
 
 

@@ -184,9 +184,10 @@ class _Packer:
 
 async def known_chunks(repo: Repository) -> tuple[dict[bytes, ChunkRecord], list[str]]:
     """Every chunk the repository's snapshots refer to, for deduplication (pack as an index into the
-    returned list of pack names). Unreadable manifests are skipped with a warning."""
+    returned list of pack names). Unreadable manifests are skipped with a warning. Two manifests are read
+    at a time: each may take up to the manifest memory limit while it is parsed."""
     ids = await repo.snapshot_ids()
-    limit = asyncio.Semaphore(8)
+    limit = asyncio.Semaphore(2)
     known: dict[bytes, ChunkRecord] = {}
     pack_index: dict[str, int] = {}
 

@@ -74,6 +74,8 @@ class TreeTarget:
         self._as_root = os.geteuid() == 0
         self.problems: list[Problem] = []
         """Entries or attributes that could not be restored as the snapshot has them."""
+        self._not_created: set[str] = set()
+        """FIFOs and device nodes that could not be made (their metadata is not applied either)."""
 
     @classmethod
     def open(cls, path: str, manifest: Manifest, direct: bool = False) -> TreeTarget:
@@ -182,13 +184,17 @@ class TreeTarget:
                 device = os.makedev(entry.major, entry.minor)
             self._replace(parent_fd, name, entry.path, lambda: os.mknod(name, node | 0o600, device, dir_fd=parent_fd))
         except PermissionError as e:
-            self.problems.append(Problem(entry.path, f"{what} not created: {e.strerror} (making one needs root)"))
+            self._not_made(entry.path, f"{what} not created: {e.strerror} (making one needs root)")
         except (OverflowError, ValueError):  # numbers this system's dev_t cannot hold
-            self.problems.append(Problem(entry.path, f"{what} not created: this system has no such device numbers"))
+            self._not_made(entry.path, f"{what} not created: this system has no such device numbers")
         except OSError as e:
             if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.EOVERFLOW):
                 raise
-            self.problems.append(Problem(entry.path, f"{what} not created: {e.strerror}"))
+            self._not_made(entry.path, f"{what} not created: {e.strerror}")
+
+    def _not_made(self, path: str, why: str) -> None:
+        self._not_created.add(path)
+        self.problems.append(Problem(path, why))
 
     def _replace(self, parent_fd: int, name: str, path: str, create: Callable[[], T]) -> T:
         try:
@@ -284,8 +290,8 @@ class TreeTarget:
                 try:
                     fd = _beneath(self.root_fd, path, os.O_PATH)
                 except TargetError:
-                    if any(p.path == path for p in self.problems):
-                        return  # it was not created
+                    if path in self._not_created:
+                        return
                     raise
                 try:
                     self._apply_to(path, meta, fd, proc_path(fd))

@@ -108,14 +108,20 @@ def declared_body_bytes(stored: bytes) -> int:
 
 
 def decode_manifest(
-    stored: bytes, snapshot_id: str, memory_bytes: int = DEFAULT_MEMORY_BYTES, stop: Stop | None = None
+    stored: bytes,
+    snapshot_id: str,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    stop: Stop | None = None,
+    *,
+    verified: bool = False,
 ) -> Manifest:
     """Verify stored manifest bytes against the ID they were fetched for, then parse and check them.
+    ``verified``: the caller has just compared their BLAKE3 with the ID (it is not hashed again).
 
     ``memory_bytes`` bounds what the parsed manifest may hold; ``stop``, when set, makes the parse raise
     ``Stopped`` within one piece of text (a megabyte).
     """
-    if snapshot_id_of(stored) != snapshot_id:
+    if not verified and snapshot_id_of(stored) != snapshot_id:
         raise ManifestInvalid(
             f"the manifest stored for snapshot {snapshot_id} does not hash to that ID: it was truncated or "
             "altered in storage; nothing was restored"

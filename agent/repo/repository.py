@@ -73,9 +73,9 @@ class Repository:
             digest = snapshot_id_of(stored) if small else await offload(partial(_digest, stored))
             if digest == snapshot_id:
                 if small and 0 <= declared_body_bytes(stored) <= _DECODE_INLINE_BYTES:
-                    return decode_manifest(stored, snapshot_id, limit)
+                    return decode_manifest(stored, snapshot_id, limit, verified=True)
                 # In a thread that stops when this task is cancelled: Ctrl-C is not held up by a long parse.
-                return await offload(partial(decode_manifest, stored, snapshot_id, limit))
+                return await offload(partial(decode_manifest, stored, snapshot_id, limit, verified=True))
             if digest in seen:
                 raise ManifestInvalid(
                     f"the manifest stored for snapshot {snapshot_id} does not hash to that ID (the same bytes came "
