@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from agent.controller.controller import Controller
+from agent.controller.datadownloads import DataDownloadController
 from agent.controller.jobs import Restorer
-from agent.controller.kube import Kube
+from agent.datapath import DataPathRestorer
+from agent.kube.api import Kube
 from agent.metrics import Metrics
-from agent.restoring import DataPathRestorer
 from agent.server import HealthServer
 from agent.settings import AgentSettings
 from agent.storage.s3 import warm_up
@@ -28,7 +28,7 @@ class Agent:
         self.settings = settings
         self.metrics = Metrics()
         self.restorer: Restorer = restorer or DataPathRestorer(self.metrics, settings.repository)
-        self.controller: Controller | None = None
+        self.controller: DataDownloadController | None = None
         self.server: HealthServer | None = None
         self.started = asyncio.Event()
         """Set once the HTTP server listens and the controller runs."""
@@ -38,7 +38,7 @@ class Agent:
         kube = await Kube.connect(s.kubeconfig, s.namespace)
         await warm_up()  # botocore's S3 data, parsed before the first DataDownload needs it
         try:
-            self.controller = Controller(kube, s, self.restorer, self.metrics)
+            self.controller = DataDownloadController(kube, s, self.restorer, self.metrics)
             controller = self.controller
             self.server = HealthServer(s.http_address, s.http_port, lambda: controller.ready, self.metrics)
             await self.server.start()

@@ -30,7 +30,7 @@
     └── OperationTimeout              something outside the agent did not happen within operationTimeout
 
 botocore/aiohttp errors are translated in ``agent.storage``, kubernetes_asyncio's in
-``agent.controller.kube``; OS errors on the target are wrapped
+``agent.kube.api``; OS errors on the target are wrapped
 in ``TargetError`` by the pipeline. Cancellation is never an error: it stays ``asyncio.CancelledError``.
 """
 

@@ -81,7 +81,7 @@ async def test_deleting_mid_restore_stops_it(
         cluster.kube.delete("datadownloads", "doomed", namespace=NS)
         async with asyncio.timeout(3):
             await asyncio.wait([worker])
-        assert agent.controller.slots.running == 0
+        assert agent.controller.load.running == 0
     later = cluster.kube.requests[deleted_at:]
     assert not [r for r in later if r.method in ("PUT", "PATCH") and r.status < 300], "wrote to a deleted object"
 

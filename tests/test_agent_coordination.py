@@ -67,7 +67,7 @@ async def test_concurrency_limit_queues_the_rest(
         # Let every DataDownload reach Prepared: the two that wait for the slot stay there.
         for name in names:
             await cluster.wait_phase(name, "Prepared", "InProgress")
-        assert agent.controller.slots.running == 1
+        assert agent.controller.load.running == 1
         proxy.stall_ranged = False
         proxy.released.set()
         for name in names:

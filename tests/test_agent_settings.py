@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.controller.tuning import restore_settings_for
 from agent.errors import ConfigError
 from agent.settings import MiB, RestoreSettings, agent_settings_from_env, parse_duration
+from agent.velero.tuning import restore_settings_for
 
 
 def test_environment_then_flags() -> None:

@@ -28,6 +28,8 @@ from functools import partial
 
 import blake3
 
+from agent.aio.taskgroups import task_group
+from agent.aio.threads import WorkerPool
 from agent.backup.scan import ScannedEntry, ScannedTree, clean_xattrs, open_root, reason, scan_tree
 from agent.backup.sources import FileReader, OpenedFile, Piece, open_block_source, open_file, with_xattrs
 from agent.errors import FerryError, SourceError
@@ -44,8 +46,6 @@ from agent.repo.format import (
 )
 from agent.repo.repository import Repository
 from agent.settings import SnapshotSettings
-from agent.taskgroups import task_group
-from agent.threads import WorkerPool
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.controller.locations import StorageLocation
 from agent.settings import RestoreSettings
+from agent.velero.locations import StorageLocation
 
 Progress = Callable[[int, int], None]
 """Called on the event loop with (bytes done, total bytes)."""

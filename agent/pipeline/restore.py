@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.aio.taskgroups import task_group
+from agent.aio.threads import WorkerPool
 from agent.errors import ConfigError, TargetError
 from agent.fs.names import Problem, shown
 from agent.pipeline.block_target import BlockTarget
@@ -28,8 +30,6 @@ from agent.pipeline.tree_target import TreeTarget
 from agent.repo.format import Manifest
 from agent.repo.repository import Repository
 from agent.settings import RestoreSettings
-from agent.taskgroups import task_group
-from agent.threads import WorkerPool
 
 log = logging.getLogger(__name__)
 

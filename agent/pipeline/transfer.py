@@ -25,14 +25,14 @@ from typing import Protocol
 
 import blake3
 
+from agent.aio.taskgroups import task_group
+from agent.aio.threads import WorkerPool
 from agent.errors import ChunkCorrupt, CorruptedInTransit, ObjectTruncated
 from agent.pipeline.direct import ALIGN, pad_for
 from agent.pipeline.plan import ChunkJob, FetchRange, Plan
 from agent.repo.chunks import decode_buffer, decode_chunk
 from agent.repo.repository import Repository
 from agent.settings import RestoreSettings
-from agent.taskgroups import task_group
-from agent.threads import WorkerPool
 
 
 class Sink(Protocol):

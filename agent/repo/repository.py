@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from functools import partial
 
+from agent.aio.threads import offload
 from agent.errors import ConfigError, CorruptedInTransit, ManifestInvalid, ObjectNotFound, PackMissing, SnapshotNotFound
 from agent.repo.decoder import declared_body_bytes, decode_manifest
 from agent.repo.format import Manifest, is_snapshot_id, snapshot_id_of
 from agent.settings import RepositorySettings
 from agent.storage.base import Storage
-from agent.threads import offload
 
 PACKS = "packs/"
 SNAPSHOTS = "snapshots/"

@@ -18,10 +18,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from agent.controller.jobs import RestoreJob
-from agent.controller.objects import (
+from agent.aio.waiting import sleep_until
+from agent.controller.jobs import RestoreJob, Restorer
+from agent.controller.progress import ProgressTracker
+from agent.errors import ConfigError, FerryError, KubeError, LocationError
+from agent.expose.volumes import Volume
+from agent.kube.events import EventRecorder
+from agent.kube.times import now, timestamp
+from agent.metrics import Metrics
+from agent.settings import AgentSettings
+from agent.velero.locations import LocationResolver
+from agent.velero.objects import (
     CANCELED,
     CANCELING,
     COMPLETED,
@@ -31,26 +40,46 @@ from agent.controller.objects import (
     TERMINAL,
     DataDownload,
     Obj,
-    now,
-    timestamp,
 )
-from agent.controller.progress import ProgressTracker
-from agent.controller.tuning import KNOWN_KEYS, restore_settings_for
-from agent.controller.volumes import Volume
-from agent.controller.waiting import sleep_until
-from agent.errors import ConfigError, FerryError, KubeError, LocationError
-
-if TYPE_CHECKING:
-    from agent.controller.controller import Controller
+from agent.velero.statuses import StatusWriter
+from agent.velero.tuning import KNOWN_KEYS, restore_settings_for
 
 log = logging.getLogger(__name__)
+
+
+class Host(Protocol):
+    """What a supervised restore needs from the controller that runs it."""
+
+    me: str
+    settings: AgentSettings
+    restorer: Restorer
+    metrics: Metrics
+    events: EventRecorder
+    shutdown: asyncio.Event
+    statuses: StatusWriter | None
+    locations: LocationResolver | None
+
+    def latest(self, name: str) -> DataDownload | None: ...
+
+    def remember(self, dd: DataDownload) -> None: ...
+
+    def timeout_s(self, dd: DataDownload) -> float: ...
+
+    async def finish(
+        self,
+        dd: DataDownload,
+        phase: str,
+        message: str,
+        *from_phases: str,
+        progress: Callable[[DataDownload], Obj | None] | None = None,
+    ) -> DataDownload | None: ...
 
 
 def _size(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 10**8 else f"{n / 1e6:.1f} MB"
 
 
-async def run(ctl: Controller, dd: DataDownload, volume: Volume, wake: asyncio.Event) -> None:
+async def run(ctl: Host, dd: DataDownload, volume: Volume, wake: asyncio.Event) -> None:
     assert ctl.statuses is not None
     assert ctl.locations is not None
     try:
@@ -76,7 +105,7 @@ async def run(ctl: Controller, dd: DataDownload, volume: Volume, wake: asyncio.E
     ctl.remember(started)
     if unknown:
         await ctl.events.record(
-            started,
+            started.ref(),
             "UnknownConfig",
             f"spec.dataMoverConfig keys {', '.join(unknown)} mean nothing to Ferry and were ignored "
             f"(Ferry reads {', '.join(sorted(KNOWN_KEYS))})",
@@ -84,13 +113,15 @@ async def run(ctl: Controller, dd: DataDownload, volume: Volume, wake: asyncio.E
         )
     what = f"snapshot {dd.snapshot_id} from {location.describe()} onto {volume.describe()}"
     log.info("restarting" if restarted else "starting", extra={"datadownload": dd.key, "restore": what})
-    await ctl.events.record(started, "Restarted" if restarted else "Started", f"restoring {what} on node {ctl.me}")
+    await ctl.events.record(
+        started.ref(), "Restarted" if restarted else "Started", f"restoring {what} on node {ctl.me}"
+    )
     job = RestoreJob(dd.key, location, dd.source_namespace, dd.snapshot_id, volume.path, settings)
     await _supervise(ctl, started, job, wake, timeout, what)
 
 
 async def _supervise(
-    ctl: Controller, dd: DataDownload, job: RestoreJob, wake: asyncio.Event, limit_s: float, what: str
+    ctl: Host, dd: DataDownload, job: RestoreJob, wake: asyncio.Event, limit_s: float, what: str
 ) -> None:
     progress = ProgressTracker(dd.bytes_done, dd.total_bytes)
     outcome: list[BaseException | None] = []
@@ -139,7 +170,7 @@ async def _supervise(
     await _conclude(ctl, dd, reason, outcome[0] if outcome else None, progress, what)
 
 
-async def _canceling(ctl: Controller, dd: DataDownload) -> None:
+async def _canceling(ctl: Host, dd: DataDownload) -> None:
     assert ctl.statuses is not None
     ctl.metrics.restores.labels(CANCELING).inc()
     try:
@@ -155,7 +186,7 @@ async def _canceling(ctl: Controller, dd: DataDownload) -> None:
 
 
 async def _conclude(
-    ctl: Controller,
+    ctl: Host,
     dd: DataDownload,
     reason: str,
     error: BaseException | None,
@@ -195,7 +226,7 @@ async def _conclude(
         ctl.metrics.finished.labels("Interrupted").inc()
         log.info("interrupted by shutdown", extra={"datadownload": dd.key, "bytesDone": done})
         if written is not None:
-            await ctl.events.record(written, "Interrupted", message, "Warning")
+            await ctl.events.record(written.ref(), "Interrupted", message, "Warning")
         return
     if reason == "stalled":
         await ctl.finish(
@@ -220,7 +251,7 @@ async def _conclude(
         await ctl.finish(dd, COMPLETED, "", IN_PROGRESS, progress=full)
 
 
-async def _report(ctl: Controller, dd: DataDownload, progress: ProgressTracker) -> None:
+async def _report(ctl: Host, dd: DataDownload, progress: ProgressTracker) -> None:
     """Write ``status.progress`` when the total is first known, then every interval while it changes."""
     assert ctl.statuses is not None
     await progress.known.wait()

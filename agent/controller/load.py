@@ -1,4 +1,4 @@
-"""The node's restore slots (Velero's ``loadConcurrency``): at most ``limit`` restores run at once, the
+"""The node's load limit (Velero's ``loadConcurrency``): at most ``limit`` restores run at once, the
 rest wait in arrival order. A waiter is woken through its worker's wake event, the same event that
 object changes set, so a queued DataDownload still reacts at once to a cancel."""
 
@@ -8,7 +8,7 @@ import asyncio
 from collections import OrderedDict
 
 
-class Slots:
+class LoadLimiter:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._holders: set[str] = set()

@@ -10,6 +10,11 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.kube.events import ObjectRef
+from agent.kube.times import parse_time
+
+API_VERSION = "velero.io/v2alpha1"
+
 NEW = "New"
 ACCEPTED = "Accepted"
 PREPARED = "Prepared"
@@ -21,24 +26,6 @@ FAILED = "Failed"
 TERMINAL = frozenset({CANCELED, COMPLETED, FAILED})
 
 Obj = dict[str, Any]
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def timestamp(when: dt.datetime) -> str:
-    """RFC 3339 in UTC with a 'Z', as Kubernetes writes times."""
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: object) -> dt.datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def _str(value: object) -> str:
@@ -81,6 +68,10 @@ class DataDownload:
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def ref(self) -> ObjectRef:
+        """This version of the object, for Events about it."""
+        return ObjectRef(API_VERSION, "DataDownload", self.namespace, self.name, self.uid, self.resource_version)
 
     @classmethod
     def from_obj(cls, obj: Obj) -> DataDownload:

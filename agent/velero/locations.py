@@ -19,8 +19,8 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from agent.controller.kube import Kube, Obj
 from agent.errors import ConfigError, KubeNotFound, LocationError
+from agent.kube.api import Kube, Obj
 from agent.settings import S3Settings, check_endpoint, parse_bool
 
 SERVED_PROVIDERS = frozenset({"aws", "velero.io/aws", "s3"})

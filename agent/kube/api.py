@@ -252,11 +252,11 @@ class Kube:
         )
         return list(found.get("items") or [])
 
-    async def create_event(self, event: Obj) -> None:
+    async def create_event(self, namespace: str, event: Obj) -> None:
         await self._call(
-            "create event",
+            f"create event in {namespace}",
             self._core.create_namespaced_event(
-                self.namespace,
+                namespace,
                 event,  # type: ignore[arg-type]
                 _preload_content=False,
             ),

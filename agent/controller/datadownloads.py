@@ -26,12 +26,20 @@ import random
 import tempfile
 from collections.abc import Callable
 
-from agent.controller import restores
-from agent.controller.events import EventRecorder
+from agent.aio.waiting import sleep_until
+from agent.controller import supervisor
 from agent.controller.jobs import Restorer
-from agent.controller.kube import Kube, Obj
-from agent.controller.locations import LocationResolver
-from agent.controller.objects import (
+from agent.controller.load import LoadLimiter
+from agent.errors import ConfigError, KubeError, VolumeError
+from agent.expose.volumes import Volume, VolumeFinder
+from agent.kube.api import Kube, Obj
+from agent.kube.events import EventRecorder
+from agent.kube.times import now, timestamp
+from agent.kube.watching import Watcher
+from agent.metrics import Metrics
+from agent.settings import AgentSettings, parse_duration
+from agent.velero.locations import LocationResolver
+from agent.velero.objects import (
     ACCEPTED,
     CANCELED,
     CANCELING,
@@ -41,17 +49,8 @@ from agent.controller.objects import (
     PREPARED,
     TERMINAL,
     DataDownload,
-    now,
-    timestamp,
 )
-from agent.controller.slots import Slots
-from agent.controller.statuses import StatusWriter
-from agent.controller.volumes import Volume, VolumeFinder
-from agent.controller.waiting import sleep_until
-from agent.controller.watching import Watcher
-from agent.errors import ConfigError, KubeError, VolumeError
-from agent.metrics import Metrics
-from agent.settings import AgentSettings, parse_duration
+from agent.velero.statuses import StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ SLOT_WAIT_S = 3600.0
 """A queued worker re-checks this rarely on its own: its turn, a cancel or a change wake it."""
 
 
-class Controller:
+class DataDownloadController:
     def __init__(self, kube: Kube, settings: AgentSettings, restorer: Restorer, metrics: Metrics) -> None:
         self.settings = settings
         self.me = settings.node_name
@@ -68,7 +67,7 @@ class Controller:
         self.metrics = metrics
         self.events = EventRecorder(kube, self.me)
         self.volumes = VolumeFinder(kube, self.me, settings.kubelet_root)
-        self.slots = Slots(settings.concurrency)
+        self.load = LoadLimiter(settings.concurrency)
         self.watcher = Watcher(kube, settings.watch_timeout_s, self._deliver)
         self.shutdown = asyncio.Event()
         self.statuses: StatusWriter | None = None
@@ -97,7 +96,7 @@ class Controller:
                 self._tg = tg
                 watch = tg.create_task(self.watcher.run(), name="watch datadownloads")
                 await stop.wait()
-                log.info("stopping: taking no new work", extra={"inFlight": self.slots.running})
+                log.info("stopping: taking no new work", extra={"inFlight": self.load.running})
                 watch.cancel()
                 self.shutdown.set()
                 for wake in self._wake.values():
@@ -173,7 +172,7 @@ class Controller:
                     break
                 await sleep_until(wake, delay)
         finally:
-            self.slots.release(name)
+            self.load.release(name)
             self._workers.pop(name, None)
             self._latest.pop(name, None)
             self._wake.pop(name, None)
@@ -218,7 +217,7 @@ class Controller:
         failed (it can never be used, or operationTimeout passed)."""
         try:
             timeout = self.timeout_s(dd)
-            volume = await self.volumes.find(dd)
+            volume = await self.volumes.find((dd.namespace, dd.name), (dd.target_namespace, dd.target_pvc))
         except (ConfigError, VolumeError) as e:
             await self.finish(dd, FAILED, str(e), *phases)
             return None
@@ -262,7 +261,7 @@ class Controller:
             return None
         self.remember(accepted)
         log.info("accepted", extra={"datadownload": dd.key, "volume": found.describe()})
-        await self.events.record(accepted, "Accepted", f"accepted by the Ferry agent on node {self.me}")
+        await self.events.record(accepted.ref(), "Accepted", f"accepted by the Ferry agent on node {self.me}")
         return await self._prepare(accepted, found)
 
     async def _prepare(self, dd: DataDownload, volume: Volume | None = None) -> float | None:
@@ -288,15 +287,15 @@ class Controller:
         found = await self._find(dd, dd.phase)
         if not isinstance(found, Volume):
             return found
-        if not self.slots.acquire(dd.name, wake):
-            self.metrics.restores.labels("Queued").set(self.slots.queued)
+        if not self.load.acquire(dd.name, wake):
+            self.metrics.restores.labels("Queued").set(self.load.queued)
             return SLOT_WAIT_S
-        self.metrics.restores.labels("Queued").set(self.slots.queued)
+        self.metrics.restores.labels("Queued").set(self.load.queued)
         try:
-            await restores.run(self, dd, found, wake)
+            await supervisor.run(self, dd, found, wake)
         finally:
-            self.slots.release(dd.name)
-            self.metrics.restores.labels("Queued").set(self.slots.queued)
+            self.load.release(dd.name)
+            self.metrics.restores.labels("Queued").set(self.load.queued)
         return None
 
     # --- writes ----------------------------------------------------------------------------------------
@@ -333,5 +332,5 @@ class Controller:
         log.log(
             level, "%s", f"{phase.lower()}: {message}" if message else phase.lower(), extra={"datadownload": dd.key}
         )
-        await self.events.record(written, phase, message, "Warning" if phase == FAILED else "Normal")
+        await self.events.record(written.ref(), phase, message, "Warning" if phase == FAILED else "Normal")
         return written

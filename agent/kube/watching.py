@@ -14,8 +14,8 @@ import logging
 import random
 from collections.abc import Callable
 
-from agent.controller.kube import Kube, Obj
 from agent.errors import KubeError, KubeExpired
+from agent.kube.api import Kube, Obj
 
 log = logging.getLogger(__name__)
 

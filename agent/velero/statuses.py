@@ -16,9 +16,9 @@ import logging
 import random
 from collections.abc import Callable
 
-from agent.controller.kube import Kube, Obj
-from agent.controller.objects import DataDownload
 from agent.errors import KubeConflict, KubeError, KubeNotFound
+from agent.kube.api import Kube, Obj
+from agent.velero.objects import DataDownload
 
 log = logging.getLogger(__name__)
 

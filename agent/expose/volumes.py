@@ -1,7 +1,7 @@
 """Finding a DataDownload's target volume on this node, through the API and the kubelet's layout.
 
-The PVC to fill is the one named after the DataDownload in Velero's namespace when it exists (Velero's
-exposer creates it), otherwise ``spec.targetVolume``. It is usable here once it is Bound and a Running
+The PVC to fill is the first of the candidates the caller names that exists (for a DataDownload: the
+restore PVC in Velero's namespace, then ``spec.targetVolume``). It is usable here once it is Bound and a Running
 pod on this node mounts it, and the kubelet has put it in place:
 
     <kubelet root>/pods/<pod uid>/volumes/kubernetes.io~csi/<pv>/mount       CSI, Filesystem mode
@@ -20,9 +20,8 @@ import stat
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.controller.kube import Kube, Obj
-from agent.controller.objects import DataDownload
 from agent.errors import KubeNotFound, VolumeError
+from agent.kube.api import Kube, Obj
 
 _PLUGINS = {"csi": "kubernetes.io~csi", "local": "kubernetes.io~local-volume", "hostPath": "kubernetes.io~host-path"}
 
@@ -63,23 +62,19 @@ class VolumeFinder:
         self._node = node
         self._root = kubelet_root
 
-    def target_claim(self, dd: DataDownload) -> str:
-        return f"{dd.target_namespace}/{dd.target_pvc}"
+    async def _claim(self, candidates: tuple[tuple[str, str], ...]) -> Obj | None:
+        for namespace, name in candidates:
+            try:
+                return await self._kube.get_pvc(namespace, name)
+            except KubeNotFound:
+                continue
+        return None
 
-    async def _claim(self, dd: DataDownload) -> Obj | None:
-        try:
-            return await self._kube.get_pvc(self._kube.namespace, dd.name)
-        except KubeNotFound:
-            pass
-        try:
-            return await self._kube.get_pvc(dd.target_namespace, dd.target_pvc)
-        except KubeNotFound:
-            return None
-
-    async def find(self, dd: DataDownload) -> Volume | None:
-        """The volume if it is usable on this node now; None if not (yet). Raises VolumeError when it can
-        never be used by Ferry (a volume plugin whose layout we do not know)."""
-        pvc = await self._claim(dd)
+    async def find(self, *candidates: tuple[str, str]) -> Volume | None:
+        """The volume of the first existing PVC among ``candidates`` (``(namespace, name)`` pairs) if it is
+        usable on this node now; None if not (yet). Raises VolumeError when it can never be used by Ferry
+        (a volume plugin whose layout we do not know)."""
+        pvc = await self._claim(candidates)
         if pvc is None:
             return None
         meta, spec = pvc.get("metadata") or {}, pvc.get("spec") or {}
