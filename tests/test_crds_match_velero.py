@@ -1,12 +1,17 @@
 """Our Python description of Velero's CRDs (tests/support/kube/crds.py) against Velero's own YAML files.
 
-Runs when ``shared/velero/crds`` sits beside the repository (as on the developers' machines and in CI);
-skips with the reason otherwise. Descriptions and printer columns are ignored; everything the server
-acts on is compared: scope, names, versions, subresources and, for every schema node, the property
-names, type, format, enum, required, nullable, additionalProperties, items and default."""
+The newest release: runs when ``shared/velero/crds`` sits beside the repository (as on the developers'
+machines and in CI); skips with the reason otherwise. Every release in ``VELERO_VERSIONS`` (each of its
+patch tags): runs when ``VELERO_REPO`` names a clone of github.com/vmware-tanzu/velero (bare or not, with
+its tags); skips otherwise. Descriptions and printer columns are ignored; everything the server acts on is
+compared: scope, names, versions, subresources and, for every schema node, the property names, type,
+format, enum, required, nullable, additionalProperties, items and default."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +19,16 @@ import pytest
 import yaml
 
 from tests.support.kube import velero_crds
+from tests.support.kube.crds import VELERO_VERSIONS
 
 VELERO_CRDS = Path(__file__).resolve().parents[2] / "shared/velero/crds"
 COMPARED = ("type", "format", "enum", "required", "nullable", "default")
+PLURALS = ("datadownloads", "datauploads", "backupstoragelocations")
+CRD_PATHS = {
+    "datadownloads": "config/crd/v2alpha1/bases/velero.io_datadownloads.yaml",
+    "datauploads": "config/crd/v2alpha1/bases/velero.io_datauploads.yaml",
+    "backupstoragelocations": "config/crd/v1/bases/velero.io_backupstoragelocations.yaml",
+}
 
 
 def velero_file(plural: str) -> dict[str, Any]:
@@ -28,8 +40,32 @@ def velero_file(plural: str) -> dict[str, Any]:
     return loaded
 
 
-def ours(plural: str) -> dict[str, Any]:
-    return next(c for c in velero_crds() if c["spec"]["names"]["plural"] == plural)
+def ours(plural: str, version: str = VELERO_VERSIONS[-1]) -> dict[str, Any]:
+    return next(c for c in velero_crds(version, data_uploads=True) if c["spec"]["names"]["plural"] == plural)
+
+
+def velero_repo() -> Path:
+    named = os.environ.get("VELERO_REPO")
+    if not named:
+        pytest.skip("VELERO_REPO (a clone of Velero's git repository, with tags) is not set; nothing to compare with")
+    return Path(named)
+
+
+def release_tags(repo: Path, version: str) -> list[str]:
+    listed = subprocess.run(
+        ["git", "-C", str(repo), "tag", "--list", f"v{version}.*"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    tags = [t for t in listed if re.fullmatch(rf"v{re.escape(version)}\.\d+", t)]
+    assert tags, f"{repo} has no release tag of Velero {version}"
+    return tags
+
+
+def velero_release_file(repo: Path, tag: str, plural: str) -> dict[str, Any]:
+    shown = subprocess.run(
+        ["git", "-C", str(repo), "show", f"{tag}:{CRD_PATHS[plural]}"], capture_output=True, text=True, check=True
+    )
+    loaded: dict[str, Any] = yaml.safe_load(shown.stdout)
+    return loaded
 
 
 def schema_differences(mine: Any, theirs: Any, path: str = "") -> list[str]:
@@ -68,10 +104,20 @@ def test_schema_differences_sees_what_matters_and_ignores_descriptions() -> None
     assert len(schema_differences(base, extra)) == 1
 
 
-@pytest.mark.parametrize("plural", ["datadownloads", "backupstoragelocations"])
+@pytest.mark.parametrize("plural", PLURALS)
 def test_crd_matches_velero(plural: str) -> None:
-    theirs = velero_file(plural)
-    mine = ours(plural)
+    assert_same_crd(ours(plural), velero_file(plural))
+
+
+@pytest.mark.parametrize("version", VELERO_VERSIONS)
+@pytest.mark.parametrize("plural", PLURALS)
+def test_crd_matches_every_velero_release(plural: str, version: str) -> None:
+    repo = velero_repo()
+    for tag in release_tags(repo, version):
+        assert_same_crd(ours(plural, version), velero_release_file(repo, tag, plural), tag)
+
+
+def assert_same_crd(mine: dict[str, Any], theirs: dict[str, Any], where: str = "") -> None:
     assert mine["apiVersion"] == theirs["apiVersion"]
     assert mine["kind"] == theirs["kind"]
     assert mine["metadata"]["name"] == theirs["metadata"]["name"]
@@ -84,4 +130,4 @@ def test_crd_matches_velero(plural: str) -> None:
         differences = schema_differences(
             my_version["schema"]["openAPIV3Schema"], their_version["schema"]["openAPIV3Schema"]
         )
-        assert differences == [], "\n".join(differences)
+        assert differences == [], "\n".join([where, *differences])

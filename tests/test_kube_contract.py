@@ -97,10 +97,13 @@ async def test_core_discovery_lists_builtins_and_their_status_subresources(api: 
         "persistentvolumeclaims/status",
         "persistentvolumes",
         "persistentvolumes/status",
+        "nodes",
+        "nodes/status",
         "events",
     }
     assert not resources["namespaces"].namespaced
     assert not resources["persistentvolumes"].namespaced
+    assert not resources["nodes"].namespaced
     assert resources["pods"].namespaced
     assert resources["pods"].kind == "Pod"
     assert "watch" in resources["secrets"].verbs
@@ -111,9 +114,10 @@ async def test_core_discovery_lists_builtins_and_their_status_subresources(api: 
 
 async def test_apis_lists_the_crd_groups(api: client.ApiClient) -> None:
     groups = (await client.ApisApi(api).get_api_versions()).groups
-    assert [g.name for g in groups] == ["velero.io"]
-    assert {v.version for v in groups[0].versions} == {"v1", "v2alpha1"}
-    assert groups[0].preferred_version.version == "v1"
+    assert [g.name for g in groups] == ["storage.k8s.io", "velero.io"]
+    assert {v.version for v in groups[0].versions} == {"v1"}
+    assert {v.version for v in groups[1].versions} == {"v1", "v2alpha1"}
+    assert groups[1].preferred_version.version == "v1"
 
 
 async def test_velero_discovery_without_status_subresource(custom: client.CustomObjectsApi) -> None:
@@ -403,7 +407,7 @@ async def test_builtin_strategic_merge_merges_finalizers_while_merge_patch_repla
     claim = {"metadata": {"name": "c", "finalizers": ["a/one"]}, "spec": {"accessModes": ["ReadWriteOnce"]}}
     await core.create_namespaced_persistent_volume_claim(NS, claim)
     strategic = await core.patch_namespaced_persistent_volume_claim("c", NS, {"metadata": {"finalizers": ["b/two"]}})
-    assert strategic.metadata.finalizers == ["a/one", "b/two"]
+    assert strategic.metadata.finalizers == ["a/one", "kubernetes.io/pvc-protection", "b/two"]
     merged = await core.patch_namespaced_persistent_volume_claim(
         "c", NS, {"metadata": {"finalizers": ["c/three"]}}, _content_type="application/merge-patch+json"
     )

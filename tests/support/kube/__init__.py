@@ -4,13 +4,18 @@ The agent reaches it through a kubeconfig (``KubeServer.write_kubeconfig``) with
 exactly as it would reach a real cluster. ``tests/test_kube_contract*.py`` pins every rule below.
 
 Modelled
-    * Resources: the custom resources of the CRDs it is given (``velero_crds()`` or Velero's own YAML,
-      loaded by the caller), and core/v1 namespaces, secrets, pods, persistentvolumeclaims,
-      persistentvolumes and events. Verbs: list (per namespace and across namespaces), watch, get,
-      create, update, patch, delete; ``/status`` where the kind has it (CRDs: only when declared).
+    * Resources: the custom resources of the CRDs it is given (``velero_crds(version)`` for each Velero
+      release in ``VELERO_VERSIONS``, or Velero's own YAML, loaded by the caller), and core/v1 namespaces,
+      secrets, pods, persistentvolumeclaims, persistentvolumes and events. Verbs: list (per namespace and
+      across namespaces), watch, get, create, update, patch, delete; ``/status`` where the kind has it
+      (CRDs: only when declared).
     * Discovery: ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>``, ``/apis/<group>/<version>``,
       ``/version``.
     * Bearer-token authentication (401 otherwise). Every error body is a ``Status``.
+    * RBAC for tokens issued to an identity (``write_kubeconfig(path, ns, user=..., rbac=Path(...))`` or
+      ``accounts.issue``): Roles, ClusterRoles and their bindings decide as Kubernetes' RBAC authorizer does,
+      403 ``Forbidden`` otherwise; ``RbacUsage`` records the rule behind each allowed request and each
+      denial, ``excess_grants`` names what nothing used (see :mod:`.rbac`). The admin token is unrestricted.
     * resourceVersions (one global counter, served as opaque strings), ``generation`` (custom resources:
       1 on create, +1 on any change outside ``metadata``, status included unless there is a ``/status``
       subresource), no-op updates that write nothing, server-set ``uid``/``creationTimestamp``/names from
@@ -28,6 +33,18 @@ Modelled
       ERROR event once history is expired, BOOKMARKs with ``allowWatchBookmarks`` (every
       ``bookmark_interval`` seconds when idle, or on ``send_bookmarks()``), ``timeoutSeconds``, selector
       transitions as ADDED/DELETED.
+    * Cluster-scoped built-ins ``nodes`` (core/v1, with ``/status``) and ``storageclasses``
+      (``storage.k8s.io/v1``, in discovery; ``provisioner`` required, ``reclaimPolicy`` defaults to Delete,
+      ``volumeBindingMode`` to Immediate; fields not immutable here).
+    * Built-in admission: every new PVC gets finalizer ``kubernetes.io/pvc-protection`` and every new PV
+      ``kubernetes.io/pv-protection``; a PVC's ``spec`` is immutable (422) except ``spec.volumeName``, which
+      may be set once from empty, and ``spec.resources.requests``; a patch (any format) setting
+      ``metadata.resourceVersion`` to ``""``/``null`` (JSON patch: or removing it) is 422 on every kind.
+    * Graceful pod deletion: DELETE of a pod with ``spec.nodeName`` (not Succeeded/Failed) only sets
+      ``deletionTimestamp`` and ``deletionGracePeriodSeconds`` (``gracePeriodSeconds`` of the query or the
+      DeleteOptions body, else ``spec.terminationGracePeriodSeconds``, else 30) and keeps it (MODIFIED); a
+      later DELETE may shorten it; grace period 0, or a pod on no node, removes it at once. (These last three
+      are pinned in ``tests/test_sim_contract.py``.)
 
 Refused loudly (an error naming what is not modelled, never a silent approximation)
     server-side apply (415), protobuf/YAML/Table-only ``Accept`` (406), ``sendInitialEvents`` (watch-list),
@@ -43,16 +60,28 @@ asked, and the answer's code), ``expire_history``, ``drop_watches``, ``send_book
 Modules: ``crds`` (Velero's CRDs in Python), ``resources`` (kinds, discovery, admission), ``schema``
 (prune/default/validate), ``meta`` (ObjectMeta), ``patches``, ``selectors``, ``store`` (write rules,
 history, snapshots), ``watches`` (subscriptions), ``handlers`` (HTTP routing and verbs), ``server``
-(``KubeServer``), ``kubeconfig``, ``clients`` (client helpers and sample objects for tests).
+(``KubeServer``), ``rbac`` (authorization, tokens, usage), ``kubeconfig``, ``clients`` (client helpers and
+sample objects for tests).
 
-Not modelled at all: admission webhooks, RBAC, garbage collection of owned objects, namespace
-termination, graceful pod deletion, the kubelet, scheduler and PV binder (tests play those through
-the Python controls: ``create``/``get``/``update``/``patch``/``delete``/``list``), managedFields.
+Not modelled at all: admission webhooks, garbage collection of owned objects, namespace
+termination, managedFields. The kubelet, scheduler, PV binder and provisioner are not part of the
+server: tests play them through the Python controls, or run :mod:`tests.support.sim` (``SimCluster``).
 """
 
-from .crds import velero_crds
+from .crds import VELERO_VERSIONS, velero_crds
 from .errors import KubeError
+from .rbac import Authorizer, RbacUsage, excess_grants
 from .server import KubeServer, RequestRecord
 from .watches import Revision
 
-__all__ = ["KubeError", "KubeServer", "RequestRecord", "Revision", "velero_crds"]
+__all__ = [
+    "VELERO_VERSIONS",
+    "Authorizer",
+    "KubeError",
+    "KubeServer",
+    "RbacUsage",
+    "RequestRecord",
+    "Revision",
+    "excess_grants",
+    "velero_crds",
+]

@@ -1,8 +1,29 @@
-"""Velero's DataDownload and BackupStorageLocation CustomResourceDefinitions, described in Python.
+"""Velero's DataDownload, DataUpload and BackupStorageLocation CustomResourceDefinitions, described in Python.
 
-The schemas restate Velero's CRDs (v1.16 era, controller-gen v0.16) field by field: types, formats,
-enums, required lists, nullability, map values and defaults. Descriptions are short or omitted.
-``tests/test_crds_match_velero.py`` compares this description with Velero's own YAML when it is at hand.
+The schemas restate Velero's CRDs field by field: types, formats, enums, required lists, nullability,
+map values and defaults. Descriptions are short or omitted. ``tests/test_crds_match_velero.py`` compares
+this description with Velero's own YAML when it is at hand (``../shared``: the newest release; a Velero
+git repository named by ``VELERO_REPO``: every release in :data:`VELERO_VERSIONS`).
+
+Ferry supports Velero 1.14 to 1.18. Between those releases the three CRDs differ only by the fields below
+(printer columns and descriptions aside, which the server does not act on; the group, versions, scope,
+names and the empty ``subresources`` are the same in all of them). A field a release lacks is pruned by the
+API server on every write, spec and status alike, without an error: on a 1.14 or 1.15 cluster a status
+write of ``acceptedByNode`` is accepted and silently dropped (those releases kept the accepting node and
+time in annotations of the DataUpload/DataDownload instead).
+
+DataDownload (velero.io/v2alpha1)
+    1.16: ``spec.nodeOS`` (enum auto/linux/windows), ``status.acceptedByNode``, ``status.acceptedTimestamp``.
+    1.18: ``spec.snapshotSize`` (int64).
+DataUpload (velero.io/v2alpha1)
+    1.16: ``status.acceptedByNode``, ``status.acceptedTimestamp``, ``status.nodeOS`` (enum as above).
+    1.17: ``spec.csiSnapshot.driver``.
+    1.18: ``status.incrementalBytes`` (int64).
+BackupStorageLocation (velero.io/v1)
+    1.16: ``spec.credential.name`` gains ``default: ""`` (the CRDs were regenerated with controller-gen
+          v0.16, which writes the default of an optional reference's name): a credential given without a
+          name is stored with ``name: ""`` from 1.16 on, and without ``name`` before.
+    1.18: ``spec.objectStorage.caCertRef`` (a Secret key selector, its ``name`` defaulting to ``""``).
 """
 
 from __future__ import annotations
@@ -13,6 +34,23 @@ from typing import Any
 Schema = dict[str, Any]
 
 GROUP = "velero.io"
+
+VELERO_VERSIONS = ("1.14", "1.15", "1.16", "1.17", "1.18")
+"""The Velero minor releases whose CRDs :func:`velero_crds` describes, oldest first."""
+
+LATEST = VELERO_VERSIONS[-1]
+
+
+def _release(version: str) -> tuple[int, int]:
+    if version not in VELERO_VERSIONS:
+        raise ValueError(f"Velero {version!r} is not described; known releases: {', '.join(VELERO_VERSIONS)}")
+    major, minor = version.split(".")
+    return int(major), int(minor)
+
+
+def since(version: str, first: str) -> bool:
+    """Whether Velero ``version`` has what appeared in release ``first``."""
+    return _release(version) >= _release(first)
 
 
 def _string(*, fmt: str | None = None, nullable: bool = False, enum: list[str] | None = None) -> Schema:
@@ -63,69 +101,119 @@ def _root(spec: Schema, status: Schema, description: str) -> Schema:
     )
 
 
-def _secret_key_selector() -> Schema:
+def _nullable(node: Schema) -> Schema:
+    return {**node, "nullable": True}
+
+
+def _secret_key_selector(*, default_name: bool = True) -> Schema:
+    name: Schema = {"type": "string", "default": ""} if default_name else {"type": "string"}
     return _object(
-        {"key": {"type": "string"}, "name": {"type": "string", "default": ""}, "optional": _bool()},
-        ["key"],
-        **{"x-kubernetes-map-type": "atomic"},
+        {"key": {"type": "string"}, "name": name, "optional": _bool()}, ["key"], **{"x-kubernetes-map-type": "atomic"}
     )
+
+
+NODE_OS = ["auto", "linux", "windows"]
 
 
 DATA_DOWNLOAD_PHASES = ["New", "Accepted", "Prepared", "InProgress", "Canceling", "Canceled", "Completed", "Failed"]
 
 
-def data_download_schema() -> Schema:
+def data_download_schema(version: str = LATEST) -> Schema:
+    spec_fields: dict[str, Schema] = {
+        "backupStorageLocation": {"type": "string"},
+        "cancel": _bool(),
+        "dataMoverConfig": _string_map(),
+        "datamover": {"type": "string"},
+        "operationTimeout": {"type": "string"},
+        "snapshotID": {"type": "string"},
+        "sourceNamespace": {"type": "string"},
+        "targetVolume": _object(
+            {"namespace": {"type": "string"}, "pv": {"type": "string"}, "pvc": {"type": "string"}},
+            ["namespace", "pv", "pvc"],
+        ),
+    }
+    status_fields: dict[str, Schema] = {
+        "completionTimestamp": _timestamp(),
+        "message": {"type": "string"},
+        "node": {"type": "string"},
+        "phase": _string(enum=list(DATA_DOWNLOAD_PHASES)),
+        "progress": _object({"bytesDone": _int64(), "totalBytes": _int64()}),
+        "startTimestamp": _timestamp(),
+    }
+    if since(version, "1.16"):
+        spec_fields["nodeOS"] = _string(enum=list(NODE_OS))
+        status_fields["acceptedByNode"] = {"type": "string"}
+        status_fields["acceptedTimestamp"] = _timestamp()
+    if since(version, "1.18"):
+        spec_fields["snapshotSize"] = _int64()
+    spec = _object(
+        dict(sorted(spec_fields.items())),
+        ["backupStorageLocation", "operationTimeout", "snapshotID", "sourceNamespace", "targetVolume"],
+    )
+    status = _object(dict(sorted(status_fields.items())))
+    return _root(spec, status, "DataDownload: the data mover's restore request")
+
+
+def data_upload_schema(version: str = LATEST) -> Schema:
+    csi_fields: dict[str, Schema] = {
+        "snapshotClass": {"type": "string"},
+        "storageClass": {"type": "string"},
+        "volumeSnapshot": {"type": "string"},
+    }
+    status_fields: dict[str, Schema] = {
+        "completionTimestamp": _timestamp(),
+        "dataMoverResult": _nullable(_string_map()),
+        "message": {"type": "string"},
+        "node": {"type": "string"},
+        "path": {"type": "string"},
+        "phase": _string(enum=list(DATA_DOWNLOAD_PHASES)),
+        "progress": _object({"bytesDone": _int64(), "totalBytes": _int64()}),
+        "snapshotID": {"type": "string"},
+        "startTimestamp": _timestamp(),
+    }
+    if since(version, "1.16"):
+        status_fields["acceptedByNode"] = {"type": "string"}
+        status_fields["acceptedTimestamp"] = _timestamp()
+        status_fields["nodeOS"] = _string(enum=list(NODE_OS))
+    if since(version, "1.17"):
+        csi_fields["driver"] = {"type": "string"}
+    if since(version, "1.18"):
+        status_fields["incrementalBytes"] = _int64()
     spec = _object(
         {
             "backupStorageLocation": {"type": "string"},
             "cancel": _bool(),
-            "dataMoverConfig": _string_map(),
+            "csiSnapshot": _object(dict(sorted(csi_fields.items())), ["storageClass", "volumeSnapshot"], nullable=True),
+            "dataMoverConfig": _nullable(_string_map()),
             "datamover": {"type": "string"},
-            "nodeOS": _string(enum=["auto", "linux", "windows"]),
             "operationTimeout": {"type": "string"},
-            "snapshotID": {"type": "string"},
-            "snapshotSize": _int64(),
+            "snapshotType": {"type": "string"},
             "sourceNamespace": {"type": "string"},
-            "targetVolume": _object(
-                {"namespace": {"type": "string"}, "pv": {"type": "string"}, "pvc": {"type": "string"}},
-                ["namespace", "pv", "pvc"],
-            ),
+            "sourcePVC": {"type": "string"},
         },
-        ["backupStorageLocation", "operationTimeout", "snapshotID", "sourceNamespace", "targetVolume"],
+        ["backupStorageLocation", "operationTimeout", "snapshotType", "sourceNamespace", "sourcePVC"],
     )
-    status = _object(
-        {
-            "acceptedByNode": {"type": "string"},
-            "acceptedTimestamp": _timestamp(),
-            "completionTimestamp": _timestamp(),
-            "message": {"type": "string"},
-            "node": {"type": "string"},
-            "phase": _string(enum=list(DATA_DOWNLOAD_PHASES)),
-            "progress": _object({"bytesDone": _int64(), "totalBytes": _int64()}),
-            "startTimestamp": _timestamp(),
-        }
-    )
-    return _root(spec, status, "DataDownload: the data mover's restore request")
+    status = _object(dict(sorted(status_fields.items())))
+    return _root(spec, status, "DataUpload: the data mover's backup request")
 
 
-def backup_storage_location_schema() -> Schema:
+def backup_storage_location_schema(version: str = LATEST) -> Schema:
     access_mode = _string(enum=["ReadOnly", "ReadWrite"])
+    object_storage: dict[str, Schema] = {
+        "bucket": {"type": "string"},
+        "caCert": _string(fmt="byte"),
+        "prefix": {"type": "string"},
+    }
+    if since(version, "1.18"):
+        object_storage["caCertRef"] = _secret_key_selector()
     spec = _object(
         {
             "accessMode": access_mode,
             "backupSyncPeriod": _string(nullable=True),
             "config": _string_map(),
-            "credential": _secret_key_selector(),
+            "credential": _secret_key_selector(default_name=since(version, "1.16")),
             "default": _bool(),
-            "objectStorage": _object(
-                {
-                    "bucket": {"type": "string"},
-                    "caCert": _string(fmt="byte"),
-                    "caCertRef": _secret_key_selector(),
-                    "prefix": {"type": "string"},
-                },
-                ["bucket"],
-            ),
+            "objectStorage": _object(dict(sorted(object_storage.items())), ["bucket"]),
             "provider": {"type": "string"},
             "validationFrequency": _string(nullable=True),
         },
@@ -176,14 +264,22 @@ def _crd(
     }
 
 
-def velero_crds(status_subresource: bool = False) -> list[dict[str, Any]]:
-    """DataDownload (velero.io/v2alpha1) and BackupStorageLocation (velero.io/v1).
+def velero_crds(
+    version: str = LATEST, status_subresource: bool = False, *, data_uploads: bool = False
+) -> list[dict[str, Any]]:
+    """DataDownload (velero.io/v2alpha1) and BackupStorageLocation (velero.io/v1) as Velero ``version``
+    (one of :data:`VELERO_VERSIONS`, default the newest) ships them; with ``data_uploads``, DataUpload too.
 
     ``status_subresource=False`` is Velero's own flavour (``subresources: {}``: the status is written with
     the main resource and bumps ``generation``); ``True`` gives DataDownload a ``/status`` subresource.
     """
+    _release(version)
     dd_subresources: dict[str, Any] = {"status": {}} if status_subresource else {}
-    return [
-        _crd("DataDownload", "datadownloads", "v2alpha1", data_download_schema(), dd_subresources, []),
-        _crd("BackupStorageLocation", "backupstoragelocations", "v1", backup_storage_location_schema(), {}, ["bsl"]),
+    bsl = backup_storage_location_schema(version)
+    crds = [
+        _crd("DataDownload", "datadownloads", "v2alpha1", data_download_schema(version), dd_subresources, []),
+        _crd("BackupStorageLocation", "backupstoragelocations", "v1", bsl, {}, ["bsl"]),
     ]
+    if data_uploads:
+        crds.insert(1, _crd("DataUpload", "datauploads", "v2alpha1", data_upload_schema(version), {}, []))
+    return crds

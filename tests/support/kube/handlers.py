@@ -106,13 +106,13 @@ def patcher(rtype: ResourceType, media_type: str, body: Any) -> Callable[[dict[s
     if media_type == JSON_PATCH:
         if not isinstance(body, list):
             raise bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
-        return lambda old: patches.json_patch(old, body)
+        return patches.keeping_resource_version(rtype, body, lambda old: patches.json_patch(old, body))
     if media_type in (MERGE_PATCH, STRATEGIC_PATCH) and not isinstance(body, dict):
         raise bad_request("the patch body is not a JSON object")
     if media_type == MERGE_PATCH:
-        return lambda old: patches.merge_patch(old, body)
+        return patches.keeping_resource_version(rtype, body, lambda old: patches.merge_patch(old, body))
     if media_type == STRATEGIC_PATCH and not rtype.custom:
-        return lambda old: patches.strategic_merge_patch(old, body)
+        return patches.keeping_resource_version(rtype, body, lambda old: patches.strategic_merge_patch(old, body))
     accepted = f"{JSON_PATCH}, {MERGE_PATCH}" + ("" if rtype.custom else f", {STRATEGIC_PATCH}")
     message = f"the body of the request was in an unknown format - accepted media types include: {accepted}"
     raise KubeError(415, message, "UnsupportedMediaType")
@@ -237,8 +237,15 @@ class Api:
             options = await json_body(request) or {}
             if isinstance(options, dict) and options.get("dryRun"):
                 raise not_modelled("dryRun")
-            preconditions = options.get("preconditions") if isinstance(options, dict) else None
-            return web.json_response(self.store.delete(rtype, name, target.namespace, preconditions))
+            if not isinstance(options, dict):
+                raise bad_request("the body of a DELETE must be a DeleteOptions object")
+            grace = options.get("gracePeriodSeconds")
+            if grace is None:
+                grace = integer(query, "gracePeriodSeconds")
+            elif not isinstance(grace, int):
+                raise bad_request("gracePeriodSeconds must be an integer")
+            deleted = self.store.delete(rtype, name, target.namespace, options.get("preconditions"), grace)
+            return web.json_response(deleted)
         raise not_allowed()
 
     async def _watch(

@@ -10,9 +10,13 @@ conditions by ``type``, ...) are merged, and ``$deleteFromPrimitiveList``, ``$se
 from __future__ import annotations
 
 import copy
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from .errors import KubeError, bad_request
+from .errors import Cause, KubeError, bad_request, invalid
+
+if TYPE_CHECKING:
+    from .resources import ResourceType
 
 # Paths (list indices elided) whose lists a strategic merge patch merges; None = a list of scalars.
 STRATEGIC_MERGE_KEYS: dict[tuple[str, ...], str | None] = {
@@ -32,6 +36,40 @@ STRATEGIC_MERGE_KEYS: dict[tuple[str, ...], str | None] = {
     ("status", "conditions"): "type",
     ("status", "containerStatuses"): "name",
 }
+
+
+_RV_PATH = "/metadata/resourceVersion"
+_RV_CLEARED = Cause(
+    "metadata.resourceVersion", "FieldValueInvalid", "Invalid value: 0x0: must be specified for an update"
+)
+
+
+def clears_resource_version(body: Any) -> bool:
+    """Whether a patch body sets ``metadata.resourceVersion`` to ``""`` or ``null`` (a JSON patch: replaces or
+    adds it with one of those, or removes it)."""
+    if isinstance(body, dict):
+        meta = body.get("metadata")
+        return isinstance(meta, dict) and "resourceVersion" in meta and meta["resourceVersion"] in ("", None)
+    if isinstance(body, list):
+        for op in body:
+            if not isinstance(op, dict) or op.get("path") != _RV_PATH:
+                continue
+            if op.get("op") == "remove" or (op.get("op") in ("add", "replace") and op.get("value") in ("", None)):
+                return True
+    return False
+
+
+def keeping_resource_version(
+    rtype: ResourceType, body: Any, apply: Callable[[Any], Any]
+) -> Callable[[dict[str, Any]], Any]:
+    """``apply``, refused with 422 (once the object is known to exist) if the patch clears the resourceVersion."""
+
+    def checked(old: dict[str, Any]) -> Any:
+        if clears_resource_version(body):
+            raise invalid(rtype.kind_group, old["metadata"]["name"], [_RV_CLEARED])
+        return apply(old)
+
+    return checked
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -29,10 +29,12 @@ class ResourceType:
     short_names: tuple[str, ...] = ()
     schema: dict[str, Any] | None = None
     extra_field_selectors: frozenset[str] = frozenset()
+    builtin: bool = False
 
     @property
     def custom(self) -> bool:
-        return self.group != ""
+        """A custom resource (from a CRD): schema-validated, with ``generation``; built-ins of any group are not."""
+        return not self.builtin
 
     @property
     def api_version(self) -> str:
@@ -77,7 +79,12 @@ def _core(
     short: tuple[str, ...] = (),
     fields: str = "",
 ) -> ResourceType:
-    return ResourceType("", "v1", plural, kind, namespaced, status, short, None, frozenset(fields.split()))
+    return ResourceType("", "v1", plural, kind, namespaced, status, short, None, frozenset(fields.split()), True)
+
+
+STORAGE_CLASSES = ResourceType(
+    "storage.k8s.io", "v1", "storageclasses", "StorageClass", False, False, ("sc",), None, frozenset(), True
+)
 
 
 BUILTINS = [
@@ -93,6 +100,7 @@ BUILTINS = [
     ),
     _core("persistentvolumeclaims", "PersistentVolumeClaim", status=True, short=("pvc",)),
     _core("persistentvolumes", "PersistentVolume", namespaced=False, status=True, short=("pv",)),
+    _core("nodes", "Node", namespaced=False, status=True, short=("no",)),
     _core(
         "events",
         "Event",
@@ -101,6 +109,7 @@ BUILTINS = [
         "involvedObject.apiVersion involvedObject.resourceVersion involvedObject.fieldPath reason "
         "reportingComponent type",
     ),
+    STORAGE_CLASSES,
 ]
 # What the apiserver's create strategies put in .status of these kinds (a client cannot set it).
 INITIAL_STATUS: dict[str, dict[str, Any]] = {
@@ -149,7 +158,7 @@ def group_versions(types: list[ResourceType]) -> dict[str, list[str]]:
     """group -> versions, preferred first."""
     groups: dict[str, set[str]] = {}
     for t in types:
-        if t.custom:
+        if t.group:
             groups.setdefault(t.group, set()).add(t.version)
     return {g: sorted(vs, key=_version_priority, reverse=True) for g, vs in groups.items()}
 
@@ -193,6 +202,71 @@ def _admit_event(obj: dict[str, Any], causes: list[Cause]) -> None:
         causes.append(Cause("involvedObject.namespace", "FieldValueInvalid", message))
 
 
+_RECLAIM_POLICIES = ("Delete", "Retain")
+_BINDING_MODES = ("Immediate", "WaitForFirstConsumer")
+
+
+def _admit_storage_class(obj: dict[str, Any], causes: list[Cause]) -> None:
+    """Defaults ``reclaimPolicy: Delete`` and ``volumeBindingMode: Immediate``; a provisioner is required."""
+    if not obj.get("provisioner"):
+        causes.append(Cause("provisioner", "FieldValueRequired", "Required value"))
+    obj.setdefault("reclaimPolicy", "Delete")
+    obj.setdefault("volumeBindingMode", "Immediate")
+    for field, allowed in (("reclaimPolicy", _RECLAIM_POLICIES), ("volumeBindingMode", _BINDING_MODES)):
+        if obj[field] not in allowed:
+            supported = ", ".join(f'"{a}"' for a in allowed)
+            message = f'Unsupported value: "{obj[field]}": supported values: {supported}'
+            causes.append(Cause(field, "FieldValueNotSupported", message))
+
+
+# What the PVC/PV protection admission plugins add to every new claim and volume.
+ADMISSION_FINALIZERS = {
+    "persistentvolumeclaims": "kubernetes.io/pvc-protection",
+    "persistentvolumes": "kubernetes.io/pv-protection",
+}
+PVC_SPEC_IMMUTABLE = (
+    "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName "
+    "for bound claims"
+)
+
+
+def admit_new(rtype: ResourceType, obj: dict[str, Any]) -> None:
+    """Admission on create only (after :func:`admit`): the protection finalizers of PVCs and PVs."""
+    finalizer = ADMISSION_FINALIZERS.get(rtype.plural) if rtype.builtin and not rtype.group else None
+    if finalizer is not None:
+        finalizers = obj["metadata"].setdefault("finalizers", [])
+        if finalizer not in finalizers:
+            finalizers.append(finalizer)
+
+
+def _mutable_part_removed(spec: Any) -> Any:
+    if not isinstance(spec, dict):
+        return spec
+    rest = copy.deepcopy(spec)
+    rest.pop("volumeName", None)
+    resources = rest.get("resources")
+    if isinstance(resources, dict):
+        resources.pop("requests", None)
+        if not resources:
+            rest.pop("resources")
+    return rest
+
+
+def admit_change(rtype: ResourceType, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Rules on updates and patches of a stored object: a PVC's spec is immutable, except that
+    ``spec.volumeName`` may be set once (from empty) and ``spec.resources.requests`` may change."""
+    if not (rtype.builtin and rtype.plural == "persistentvolumeclaims"):
+        return
+    old_spec, new_spec = old.get("spec") or {}, new.get("spec") or {}
+    old_volume = old_spec.get("volumeName") if isinstance(old_spec, dict) else None
+    new_volume = new_spec.get("volumeName") if isinstance(new_spec, dict) else None
+    volume_ok = not old_volume or new_volume == old_volume
+    if not volume_ok or _mutable_part_removed(old_spec) != _mutable_part_removed(new_spec):
+        raise invalid(
+            rtype.kind_group, new["metadata"]["name"], [Cause("spec", "FieldValueForbidden", PVC_SPEC_IMMUTABLE)]
+        )
+
+
 def admit(rtype: ResourceType, obj: dict[str, Any], *, strict_fields: bool = False) -> dict[str, Any]:
     """The object as it would be stored, or a 422 (400 for unknown fields under fieldValidation=Strict)."""
     obj = copy.deepcopy(obj)
@@ -207,6 +281,8 @@ def admit(rtype: ResourceType, obj: dict[str, Any], *, strict_fields: bool = Fal
         _admit_secret(obj, causes)
     elif rtype.plural == "events":
         _admit_event(obj, causes)
+    elif rtype.builtin and rtype.plural == "storageclasses":
+        _admit_storage_class(obj, causes)
     if causes:
         name = obj["metadata"].get("name") or obj["metadata"].get("generateName", "")
         raise invalid(rtype.kind_group, name, causes)

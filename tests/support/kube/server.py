@@ -19,6 +19,7 @@ from . import patches
 from .errors import KubeError
 from .handlers import Api, accepts_json
 from .kubeconfig import write_kubeconfig
+from .rbac import Accounts, Authorizer, RbacUsage
 from .resources import BUILTINS, ResourceType, from_crd
 from .store import Store
 from .watches import Revision
@@ -45,10 +46,25 @@ class _Failure:
 
 
 @dataclass
+class Hold:
+    """A request held after it took effect (see ``KubeServer.hold_after``)."""
+
+    method: str
+    path: re.Pattern[str]
+    body: re.Pattern[str] | None = None
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@dataclass
 class _Lifecycle:
     runner: web.AppRunner | None = None
     port: int = 0
     failures: list[_Failure] = field(default_factory=list)
+    holds: list[Hold] = field(default_factory=list)
 
 
 class KubeServer:
@@ -70,6 +86,7 @@ class KubeServer:
         self.store = Store(self.types, history_limit=history_limit)
         self.api = Api(self.store, self.types, bookmark_interval)
         self.requests: list[RequestRecord] = []
+        self.accounts = Accounts()
         self._state = _Lifecycle()
         self.create("namespaces", {"metadata": {"name": "default"}})
 
@@ -87,6 +104,7 @@ class KubeServer:
 
     async def stop(self) -> None:
         """End every watch cleanly, then close the listener and all connections."""
+        self.release_holds()
         for watcher in list(self.store.watchers):
             watcher.end(clean=True)
         if self._state.runner is not None:
@@ -105,8 +123,20 @@ class KubeServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._state.port}"
 
-    def write_kubeconfig(self, path: Path | str, namespace: str = "default") -> Path:
-        return write_kubeconfig(path, self.url, self.token, namespace)
+    def write_kubeconfig(
+        self,
+        path: Path | str,
+        namespace: str = "default",
+        *,
+        user: str | None = None,
+        rbac: Authorizer | Path | str | None = None,
+        usage: RbacUsage | None = None,
+    ) -> Path:
+        """A kubeconfig with the unrestricted admin token; with ``user`` (``system:serviceaccount:<ns>:<name>``),
+        a new token of that identity whose requests ``rbac`` (RBAC YAML's path, or an ``Authorizer``)
+        authorizes, recorded in ``usage`` (default ``self.accounts.usage``). See :mod:`.rbac`."""
+        token = self.token if user is None else self.accounts.issue(user, rbac, usage)
+        return write_kubeconfig(path, self.url, token, namespace)
 
     # -- HTTP ----------------------------------------------------------------------------------
     async def _not_reached(self, request: web.Request) -> web.StreamResponse:  # pragma: no cover
@@ -122,8 +152,9 @@ class KubeServer:
             record.status = status
 
         try:
-            if request.headers.get("Authorization") != f"Bearer {self.token}":
-                raise KubeError(401, "Unauthorized", "Unauthorized")
+            self.accounts.admit(
+                request.method, request.path, request.query, request.headers.get("Authorization"), self.token
+            )
             self._injected_failure(request)
             if not accepts_json(request.headers.get("Accept")):
                 message = "only application/json (and application/json;stream=watch) is served by this test server"
@@ -133,6 +164,16 @@ class KubeServer:
             response = web.json_response(error.status(), status=error.code)
         if not record.status:
             record.status = response.status
+        hold = None
+        for h in self._state.holds:
+            if h.reached.is_set() or h.method != request.method or not h.path.search(request.path):
+                continue
+            if h.body is None or (request.body_exists and h.body.search(await request.text())):
+                hold = h
+                break
+        if hold is not None and 200 <= response.status < 300:
+            hold.reached.set()
+            await hold.released.wait()  # the client never hears back: as if it died right after the write
         return response
 
     def _injected_failure(self, request: web.Request) -> None:
@@ -149,6 +190,18 @@ class KubeServer:
         unprocessed. ``method`` may be ``"*"``."""
         error = KubeError(status, "", reason)
         self._state.failures.append(_Failure(method.upper(), re.compile(path_regex), status, error.reason, count))
+
+    def hold_after(self, method: str, path_regex: str, body_regex: str | None = None) -> Hold:
+        """The next successful request whose method, path and body (``re.search``; body: any when None) match
+        takes effect, but its answer is held until ``release()``: ``reached`` is set once it has taken effect,
+        so a test can kill the client at exactly that point (what SIGKILL right after the write leaves)."""
+        hold = Hold(method.upper(), re.compile(path_regex), re.compile(body_regex) if body_regex else None)
+        self._state.holds.append(hold)
+        return hold
+
+    def release_holds(self) -> None:
+        for hold in self._state.holds:
+            hold.release()
 
     def expire_history(self) -> None:
         """Forget the kept history: any watch or continue token from an older resourceVersion gets 410."""
@@ -251,9 +304,13 @@ class KubeServer:
     ) -> dict[str, Any]:
         """A JSON merge patch over the whole object, status included."""
         rtype = self._resource(plural)
-        apply = lambda old: patches.merge_patch(old, merge_patch)  # noqa: E731
+        apply = patches.keeping_resource_version(rtype, merge_patch, lambda old: patches.merge_patch(old, merge_patch))
         return copy.deepcopy(self.store.patch(rtype, name, namespace, apply, mode="full"))
 
-    def delete(self, plural: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-        """Delete like DELETE: with finalizers this only sets ``deletionTimestamp``."""
-        return copy.deepcopy(self.store.delete(self._resource(plural), name, namespace))
+    def delete(
+        self, plural: str, name: str, namespace: str | None = None, *, grace_period_seconds: int | None = None
+    ) -> dict[str, Any]:
+        """Delete like DELETE: with finalizers this only sets ``deletionTimestamp``; a pod on a node is only
+        marked terminating unless ``grace_period_seconds=0``."""
+        rtype = self._resource(plural)
+        return copy.deepcopy(self.store.delete(rtype, name, namespace, grace_period_seconds=grace_period_seconds))

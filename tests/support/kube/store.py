@@ -28,7 +28,7 @@ from .errors import (
     not_found,
 )
 from .meta import SERVER_SET, generated_name, new_uid, now_rfc3339, outside_metadata, without_resource_version
-from .resources import INITIAL_STATUS, ResourceType, admit
+from .resources import INITIAL_STATUS, ResourceType, admit, admit_change, admit_new
 from .selectors import Matcher
 from .watches import Change, Revision, Watcher
 
@@ -187,6 +187,7 @@ class Store:
             obj["status"] = copy.deepcopy(INITIAL_STATUS[rtype.plural])
         self._check_namespace(rtype, namespace)
         obj = admit(rtype, obj, strict_fields=strict)
+        admit_new(rtype, obj)
         meta = obj["metadata"]
         if not meta.get("name"):
             meta["name"] = generated_name(meta["generateName"])
@@ -246,6 +247,7 @@ class Store:
                 meta[name] = old_meta[name]
         meta["resourceVersion"] = old_meta["resourceVersion"]
         new = admit(rtype, new, strict_fields=strict)
+        admit_change(rtype, old, new)
         meta = new["metadata"]
         finalizers = meta.get("finalizers") or []
         if old_meta.get("deletionTimestamp") and set(finalizers) - set(old_meta.get("finalizers") or []):
@@ -293,9 +295,16 @@ class Store:
         return self._replace(rtype, old, patched, mode, strict)
 
     def delete(
-        self, rtype: ResourceType, name: str, namespace: str | None, preconditions: dict[str, Any] | None = None
+        self,
+        rtype: ResourceType,
+        name: str,
+        namespace: str | None,
+        preconditions: dict[str, Any] | None = None,
+        grace_period_seconds: int | None = None,
     ) -> dict[str, Any]:
-        """Finalizers: mark with ``deletionTimestamp`` (MODIFIED); otherwise remove (DELETED)."""
+        """Finalizers: mark with ``deletionTimestamp`` (MODIFIED); otherwise remove (DELETED). A pod bound to a
+        node is deleted gracefully: marked with ``deletionTimestamp`` and ``deletionGracePeriodSeconds`` and kept,
+        until a delete with grace period 0 (the kubelet's, once it has stopped the pod) removes it."""
         old = self.get(rtype, name, namespace)
         meta = old["metadata"]
         pre = preconditions or {}
@@ -308,9 +317,24 @@ class Store:
                 f"ResourceVersion in object meta: {meta['resourceVersion']}"
             )
             raise conflict(rtype.qualified, name, why)
+        grace = _pod_grace_period(old, grace_period_seconds) if rtype.builtin and rtype.plural == "pods" else 0
+        if grace > 0:
+            current = meta.get("deletionGracePeriodSeconds")
+            if meta.get("deletionTimestamp") and current is not None and current <= grace:
+                return old
+            new = copy.deepcopy(old)
+            new["metadata"].setdefault("deletionTimestamp", now_rfc3339())
+            new["metadata"]["deletionGracePeriodSeconds"] = grace
+            self._commit(rtype, "MODIFIED", old, new)
+            return new
         if meta.get("finalizers"):
             if meta.get("deletionTimestamp"):
-                return old
+                if meta.get("deletionGracePeriodSeconds", 0) == 0:
+                    return old
+                new = copy.deepcopy(old)
+                new["metadata"]["deletionGracePeriodSeconds"] = 0
+                self._commit(rtype, "MODIFIED", old, new)
+                return new
             new = copy.deepcopy(old)
             new["metadata"]["deletionTimestamp"] = now_rfc3339()
             new["metadata"]["deletionGracePeriodSeconds"] = 0
@@ -321,6 +345,18 @@ class Store:
         gone = copy.deepcopy(old)
         self._commit(rtype, "DELETED", old, gone)
         return gone
+
+
+def _pod_grace_period(pod: dict[str, Any], requested: int | None) -> int:
+    """The grace period of a pod's deletion: 0 (at once) for a pod on no node or one that has terminated,
+    else the requested one (negative counts as 1), else ``spec.terminationGracePeriodSeconds``, else 30."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    if not spec.get("nodeName") or status.get("phase") in ("Succeeded", "Failed"):
+        return 0
+    if requested is None:
+        requested = spec.get("terminationGracePeriodSeconds")
+        requested = 30 if requested is None else int(requested)
+    return 1 if requested < 0 else requested
 
 
 def _parse_rv(rv: str) -> int:
