@@ -54,6 +54,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.planning
 	$(BIN)/python -m bench.hostile
 	$(BIN)/python -m bench.fidelity
+	$(BIN)/python -m bench.velero_flow
 	$(BIN)/python -m bench.knobs
 	$(BIN)/python -m bench.profile --workload block --size-mib 2048
 	$(BIN)/python -m bench.profile --workload file --size-mib 2048

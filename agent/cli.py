@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.add_argument("--kubeconfig", help="kubeconfig file (KUBECONFIG; default: the in-cluster service account)")
 
+    sub.add_parser(
+        "hold",
+        help="keep this pod, and the volume it mounts, in place until SIGTERM (what restore pods run)",
+        description="Block until SIGTERM or SIGINT. Restore pods run it: the pod only holds a volume on a node "
+        "while the node's agent writes into it.",
+    )
+
     snap = sub.add_parser("snapshot", help="create, list and show snapshots").add_subparsers(
         dest="action", required=True
     )
@@ -398,6 +405,10 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error(f"--log-level {level!r} must be debug, info, warning or error")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         logs.add_secret(os.environ.get(name))
+    if args.command == "hold":  # `ferry --log-level info hold`: entry.py only short-cuts the bare form
+        from agent.hold import hold  # noqa: PLC0415
+
+        return hold()
     logs.configure("text", level, quiet_libraries=False)
     command = COMMANDS[(args.command, getattr(args, "action", None))]
     try:

@@ -9,6 +9,11 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args == ["hold"]:  # a restore pod: start at once, import nothing it does not need
+        from agent.hold import hold  # noqa: PLC0415
+
+        return hold()
     try:
         from agent.cli import main as run  # noqa: PLC0415 - imported here so an interrupt can be caught
     except KeyboardInterrupt:

@@ -136,6 +136,8 @@ class S3Settings:
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
+    credentials_hint: str = ""
+    """What to tell the operator when no credentials are found at all ("": the command line's advice)."""
     connect_timeout_s: float = 10.0
     """Seconds to establish a connection."""
     request_timeout_s: float = 120.0
@@ -336,6 +338,17 @@ class AgentSettings:
     """Server-side timeout of one watch request; the agent then watches again from where it was."""
     kubeconfig: str | None = None
     """Path of a kubeconfig file; None: the in-cluster service account."""
+    pod_name: str = ""
+    """This agent's pod, from the downward API (``metadata.name``): restore pods run its image."""
+    pod_image: str = ""
+    """Image of the restore pods that hold a volume on a node (``ferry hold``); "" means the agent's own
+    image, read from its pod (``pod_name``)."""
+    prepare_timeout_s: float = 1800.0
+    """Seconds from acceptance until the restore pod must run with its volume (Velero's default 30 min);
+    then the DataDownload fails."""
+    unschedulable_grace_s: float = 300.0
+    """Seconds a restore pod may stay unschedulable (a cluster autoscaler may still add a node) before the
+    DataDownload fails with the scheduler's reason."""
     restore: RestoreSettings = field(default_factory=RestoreSettings)
     """Defaults for every restore; a DataDownload's ``spec.dataMoverConfig`` may override some."""
     repository: RepositorySettings = field(default_factory=RepositorySettings)
@@ -348,7 +361,14 @@ class AgentSettings:
             raise ConfigError("the namespace and the datamover name must not be empty")
         if self.concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
-        for name in ("progress_interval_s", "shutdown_grace_s", "volume_poll_interval_s", "watch_timeout_s"):
+        for name in (
+            "progress_interval_s",
+            "shutdown_grace_s",
+            "volume_poll_interval_s",
+            "watch_timeout_s",
+            "prepare_timeout_s",
+            "unschedulable_grace_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         if self.log_format not in ("json", "text"):
@@ -366,6 +386,8 @@ _AGENT_PARSERS: dict[str, Callable[[str, str], object]] = {
     "shutdown_grace_s": parse_seconds,
     "volume_poll_interval_s": parse_seconds,
     "watch_timeout_s": parse_seconds,
+    "prepare_timeout_s": parse_seconds,
+    "unschedulable_grace_s": parse_seconds,
 }
 
 

@@ -16,14 +16,26 @@ from agent.storage.url import velero_repository_prefix
 from tests.support.cluster import Cluster
 from tests.support.data import make_sample_tree, write_mixed_image
 from tests.support.faulty_proxy import FaultyProxy
-from tests.support.kube import KubeServer
+from tests.support.kube import KubeServer, RbacUsage
 from tests.support.seaweed import SeaweedServer, make_bucket, s3_settings_for
+
+RBAC = Path(__file__).resolve().parents[1] / "daemonset" / "rbac.yaml"
+AGENT_USER = "system:serviceaccount:velero:ferry"
+RBAC_USAGE = RbacUsage()
+"""Every request agents made in this test run, and the rule of daemonset/rbac.yaml that allowed it (a
+request no rule allows is answered 403, as a real cluster would); conftest.py reports grants no request
+used once the whole suite has run."""
+
+
+def agent_kubeconfig(kube: KubeServer, path: Path) -> Path:
+    """A kubeconfig for the agent's service account, authorized by daemonset/rbac.yaml."""
+    return kube.write_kubeconfig(path, "velero", user=AGENT_USER, rbac=RBAC, usage=RBAC_USAGE)
 
 
 async def make_cluster(kube: KubeServer, tmp_path: Path, s3_server: SeaweedServer) -> Cluster:
     root = tmp_path / "kubelet"
     root.mkdir()
-    cluster = Cluster(kube, root, kube.write_kubeconfig(tmp_path / "kubeconfig"))
+    cluster = Cluster(kube, root, agent_kubeconfig(kube, tmp_path / "kubeconfig"))
     cluster.bucket = await make_bucket(s3_server)
     cluster.endpoint = s3_server.endpoint
     return cluster

@@ -15,6 +15,7 @@ from agent.repo.repository import Repository
 from agent.storage.local import LocalStorage
 from agent.storage.s3 import S3Storage
 from tests.support.kube import KubeServer, velero_crds
+from tests.support.kube.rbac import denials, excess_grants
 from tests.support.loop import attached_loop
 from tests.support.seaweed import SeaweedServer, make_bucket, s3_settings_for
 
@@ -87,6 +88,27 @@ def loop_device(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 pytest_plugins = ["tests.agent_fixtures"]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After a whole, green run of the suite (no paths, -k, -m, --lf or --deselect): fail it if
+    daemonset/rbac.yaml grants something no agent request used, or if any agent request was denied. A
+    grant that is missing already failed the test that needed it (the API server answered 403)."""
+    from tests.agent_fixtures import RBAC_USAGE  # noqa: PLC0415 - the plugin module, loaded by now
+
+    config = session.config
+    whole = not config.args or [str(Path(a).resolve()) for a in config.args] == [str(Path(config.rootpath, "tests"))]
+    selected = any(config.getoption(name, None) for name in ("keyword", "markexpr", "lf", "deselect"))
+    if exitstatus != 0 or not whole or selected or session.testscollected == 0:
+        return
+    findings = excess_grants(RBAC_USAGE) + [f"denied: {d}" for d in denials(RBAC_USAGE)]
+    if findings:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        lines = ["daemonset/rbac.yaml does not match what the agent does:", *findings]
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line("\n".join(lines), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 async def _started_kube(status_subresource: bool) -> KubeServer:

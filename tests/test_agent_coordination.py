@@ -103,7 +103,8 @@ async def test_conflicting_status_write_is_retried_without_losing_others_fields(
     async with running_agent(agent_settings(cluster, "node-a")):
         done = await cluster.wait_phase("contested", "Completed", "Failed", "Canceled")
     assert done["status"]["phase"] == "Completed"
-    assert done["metadata"]["annotations"] == {"velero.io/note": "kept"}
+    assert done["metadata"]["annotations"]["velero.io/note"] == "kept"
+    assert done["metadata"]["annotations"]["ferry.dev/accepted-by"] == "node-a"
     assert done["metadata"]["labels"]["velero.io/async-operation-id"] == "dd-contested"
     refused = [r for r in cluster.kube.requests if r.method == "PATCH" and r.status == 409]
     assert len(refused) >= 2  # the two injected, plus any real race between the reporter and the phase writes

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import Cluster, agent_settings, credentials_ini, running_agent
+from tests.support.seaweed import ACCESS_KEY, SECRET_KEY
 
 
 async def restore_once(cluster: Cluster, name: str, snapshot_id: str, **dd: object) -> tuple[dict[str, str], Path]:
@@ -40,7 +41,6 @@ async def restore_once(cluster: Cluster, name: str, snapshot_id: str, **dd: obje
             {"credential": {"name": "ferry-credentials", "key": "wrong-key"}},
             "the Secret has no key 'wrong-key'",
         ),
-        ({}, "no credentials for BackupStorageLocation velero/nowhere: it has no spec.credential and"),
         ({"config": {"profile": "backup"}, "node_file": True}, "has no [backup] profile"),
     ],
     ids=[
@@ -51,7 +51,6 @@ async def restore_once(cluster: Cluster, name: str, snapshot_id: str, **dd: obje
         "bad-url",
         "secret-missing",
         "secret-key-missing",
-        "no-credentials",
         "profile-missing",
     ],
 )
@@ -73,6 +72,36 @@ async def test_storage_location_problems_fail_before_any_write(
     assert list(mount.iterdir()) == [], "a byte was written"
     assert cluster.phases("broken") == ["New", "Accepted", "Prepared", "Failed"]
     assert cluster.events_for("broken")[-1]["type"] == "Warning"
+
+
+async def test_no_secret_and_no_file_asks_the_sdk_chain_and_says_what_was_tried(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path]
+) -> None:
+    """Neither spec.credential nor the node's file: the AWS SDK's default chain is asked (IRSA, Pod Identity,
+    instance metadata on a real cluster); when it finds nothing the message names every source."""
+    snapshot_id, _ = tiny_snapshot
+    cluster.add_bsl("nowhere")
+    status, mount = await restore_once(cluster, "no-keys", snapshot_id, bsl="nowhere")
+    assert status["phase"] == "Failed"
+    assert "BackupStorageLocation velero/nowhere has no spec.credential" in status["message"]
+    assert (
+        "default chain (environment, IRSA web identity, EKS Pod Identity, instance metadata) found none"
+        in (status["message"])
+    )
+    assert list(mount.iterdir()) == [], "a byte was written"
+
+
+async def test_sdk_chain_credentials_are_used(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chain's first source, the environment, stands for what IRSA or Pod Identity provide in a pod."""
+    snapshot_id, source = tiny_snapshot
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    cluster.add_bsl("ambient")
+    status, mount = await restore_once(cluster, "ambient", snapshot_id, bsl="ambient")
+    assert status["phase"] == "Completed", status.get("message")
+    assert (mount / "note.txt").read_bytes() == (source / "note.txt").read_bytes()
 
 
 async def test_credentials_from_the_node_file(cluster: Cluster, tiny_snapshot: tuple[str, Path]) -> None:

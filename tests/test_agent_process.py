@@ -81,7 +81,7 @@ async def test_killed_agent_restore_is_finished_by_the_next(
     ]
     assert "restarted on node node-a after an interruption" in messages
     reasons = [e["reason"] for e in cluster.events_for("survivor")]
-    assert reasons == ["Accepted", "Started", "Restarted", "Completed"]
+    assert reasons == ["Accepted", "Prepared", "Started", "Restarted", "Completed"]
 
 
 async def test_sigterm_records_the_interrupted_restore(

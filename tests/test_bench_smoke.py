@@ -37,3 +37,16 @@ def test_the_restore_benchmark_runs_every_tool_on_every_workload_and_reports(tmp
     assert "| casync |" in rendered
     assert "Ferry ÷ restic" in rendered
     assert (results / "throughput.png").read_bytes().startswith(b"\x89PNG")
+
+
+async def test_the_velero_flow_benchmark_runs_both_ways() -> None:
+    """bench.velero_flow on tiny data: both ways restore, and every phase is dated in order."""
+    from bench import velero_flow  # noqa: PLC0415 - imports the tests' simulated cluster
+
+    result = await velero_flow.run(runs=1, size_mib=1, poll=0.05)
+    for way in ("velero", "in place"):
+        [marks] = result["runs"][way]
+        order = [m for m in velero_flow.MARKS if m in marks]
+        assert [marks[m] for m in order] == sorted(marks[m] for m in order), (way, marks)
+    assert "data restored" in result["runs"]["velero"][0]
+    assert "velero" in velero_flow.table(result)

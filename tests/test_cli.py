@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,18 @@ def test_progress_bar_shows_throughput_and_eta_on_a_terminal_only() -> None:
     pipe = io.StringIO()
     ProgressBar("restore", pipe, interval_s=0.0)(MiB, 4 * MiB)
     assert pipe.getvalue() == ""
+
+
+def test_hold_keeps_running_until_sigterm_and_exits_zero() -> None:
+    """What a restore pod runs: it must not exit by itself, and must end at once on SIGTERM (as PID 1 an
+    unhandled SIGTERM would be ignored)."""
+    code = "import sys; from agent.entry import main; sys.exit(main())"
+    with subprocess.Popen([sys.executable, "-c", code, "hold"], stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stderr is not None
+            assert proc.stderr.readline() == "ferry: holding this pod's volumes until SIGTERM\n"
+            assert proc.poll() is None
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            proc.kill()

@@ -1,20 +1,31 @@
 """The DataDownload controller: one serial worker per object, every claim an optimistic-concurrency write.
 
-Lifecycle as this agent drives it (``me`` is this node):
+Lifecycle of a DataDownload as Velero creates it (``me`` is this node; Velero's built-in mover is the
+reference: ``pkg/controller/data_download_controller.go`` and ``pkg/exposer/generic_restore.go``):
 
-    New        ─(volume usable here)→ Accepted(acceptedByNode=me) → Prepared(node=me)
-    Accepted   (acceptedByNode=me, e.g. after a restart) → Prepared(node=me)
-    Prepared   (node=me) ─(volume found, slot free)→ InProgress(startTimestamp) → Completed | Failed
+    New        ─(any agent; a lost race is fine)→ Accepted (annotation ferry.dev/accepted-by=me, finalizer)
+    Accepted   acceptor: expose (restore PVC + restore pod, ``agent.expose.exposer``);
+               the agent where the restore pod runs with its volume → Prepared(node=me);
+               any agent: a pod that can never run, or the prepare timeout → Failed
+    Prepared   (node=me) ─(volume found, load limit free)→ InProgress(startTimestamp) → data restored
+    InProgress (node=me, data restored: annotation ferry.dev/restored-pv) → hand the PV to the target PVC
+               (``agent.expose.rebind``) → Completed (finalizer removed in the same write)
     InProgress (node=me, nothing running here: the agent restarted) → restore again from the start
     Canceling  (node=me, nothing running here) → Canceled
-    spec.cancel: New/Accepted/Prepared → Canceled; InProgress → Canceling → (pipeline stopped) → Canceled
-    deleted while restoring: the restore stops; nothing is written to an object that is gone
-    operationTimeout: bounds waiting for the volume and a transfer making no progress → Failed
+    Failed/Canceled/deleted with our finalizer: any agent deletes the restore pod, PVC and PV (never a PV
+               the target PVC names), then removes the finalizer
+    spec.cancel: New/Accepted/Prepared → Canceled; InProgress → Canceling → (pipeline stopped) → Canceled;
+               during the hand-over only until the target PVC names the PV
+    operationTimeout: bounds a transfer making no progress, and the hand-over → Failed
+
+Hand-written DataDownloads with ``dataMoverConfig`` ``ferry.inPlace: "true"`` skip exposing and handing
+over: an agent claims them only where the target PVC is mounted by a running pod, and restores into it.
 
 Objects whose ``spec.datamover`` is not ours are never written. Workers decide from the latest watched
 state, which may lag the server; that is safe because every write is conditional (resourceVersion
-precondition, change recomputed on the fresh object), and a worker that stops early is started again by
-the next event. Only monotone facts (cancel requested, deleted, a terminal phase) stop a running restore.
+precondition, change recomputed on the fresh object), every step of exposing and handing over is
+idempotent, and a worker that stops early is started again by the next event. Only monotone facts
+(cancel requested, deleted, a terminal phase) stop a running restore.
 """
 
 from __future__ import annotations
@@ -31,22 +42,32 @@ from agent.controller import supervisor
 from agent.controller.jobs import Restorer
 from agent.controller.load import LoadLimiter
 from agent.errors import ConfigError, KubeError, VolumeError
+from agent.expose.exposer import Exposure, Owner, PodTemplate, RestoreExposer, Waiting
+from agent.expose.rebind import Done, Pending, Rebinder, Record
 from agent.expose.volumes import Volume, VolumeFinder
 from agent.kube.api import Kube, Obj
 from agent.kube.events import EventRecorder
-from agent.kube.times import now, timestamp
+from agent.kube.times import now, parse_time, timestamp
 from agent.kube.watching import Watcher
 from agent.metrics import Metrics
 from agent.settings import AgentSettings, parse_duration
 from agent.velero.locations import LocationResolver
 from agent.velero.objects import (
     ACCEPTED,
+    ACCEPTED_AT,
+    ACCEPTED_BY,
+    API_VERSION,
     CANCELED,
     CANCELING,
+    COMPLETED,
     FAILED,
+    FINALIZER,
     IN_PROGRESS,
     NEW,
     PREPARED,
+    REBIND_STARTED,
+    RECLAIM_POLICY,
+    RESTORED_PV,
     TERMINAL,
     DataDownload,
 )
@@ -67,6 +88,9 @@ class DataDownloadController:
         self.metrics = metrics
         self.events = EventRecorder(kube, self.me)
         self.volumes = VolumeFinder(kube, self.me, settings.kubelet_root)
+        self.template = PodTemplate(settings.pod_image)
+        self.exposer = RestoreExposer(kube, self.template)
+        self.rebinder = Rebinder(kube)
         self.load = LoadLimiter(settings.concurrency)
         self.watcher = Watcher(kube, settings.watch_timeout_s, self._deliver)
         self.shutdown = asyncio.Event()
@@ -86,6 +110,9 @@ class DataDownloadController:
         stop and record their state."""
         via_status = await self.kube.has_status_subresource()
         self.statuses = StatusWriter(self.kube, via_status)
+        if not self.template.image and self.settings.pod_name:
+            self.template = PodTemplate(await self._own_image())
+            self.exposer = RestoreExposer(self.kube, self.template)
         log.info(
             "agent started",
             extra={"node": self.me, "namespace": self.kube.namespace, "statusSubresource": via_status},
@@ -110,6 +137,17 @@ class DataDownloadController:
         self.watcher.opened.clear()
         log.info("agent stopped")
 
+    async def _own_image(self) -> str:
+        """The image of this agent's own container (restore pods run it): the pod's first container. ""
+        when it cannot be read (restores into new volumes then fail saying so)."""
+        try:
+            pod = await self.kube.get_pod(self.kube.namespace, self.settings.pod_name)
+        except KubeError as e:
+            log.warning("cannot read this agent's pod for the restore pods' image (set FERRY_POD_IMAGE): %s", e)
+            return ""
+        containers = (pod.get("spec") or {}).get("containers") or []
+        return str(containers[0].get("image", "")) if containers else ""
+
     # --- intake ----------------------------------------------------------------------------------------
 
     def _deliver(self, name: str, obj: Obj | None) -> None:
@@ -123,7 +161,8 @@ class DataDownloadController:
             self._workers[name] = self._tg.create_task(self._work(name), name=f"datadownload {name}")
 
     def _wants(self, dd: DataDownload) -> bool:
-        return dd.datamover == self.settings.datamover and dd.phase not in TERMINAL
+        """Ours (``spec.datamover``), and not ended — or ended with our finalizer still to remove."""
+        return dd.datamover == self.settings.datamover and (dd.phase not in TERMINAL or FINALIZER in dd.finalizers)
 
     def wake(self, name: str) -> asyncio.Event:
         wake = self._wake.get(name)
@@ -184,6 +223,8 @@ class DataDownloadController:
         None when there is nothing left to do for it here."""
         if not self._wants(dd):
             return None
+        if dd.phase in TERMINAL:  # ended, with our finalizer still on it: remove what was exposed
+            return await self._clean_up(dd)
         stopping = dd.cancel or dd.deleting
         if dd.phase == NEW:
             if stopping:
@@ -191,33 +232,43 @@ class DataDownloadController:
                 return None
             return await self._claim(dd)
         if dd.phase == ACCEPTED:
-            if dd.accepted_by != self.me:
-                return None
-            if stopping:
-                await self.finish(dd, CANCELED, "canceled before the restore started", ACCEPTED)
-                return None
-            return await self._prepare(dd)
+            if dd.in_place:
+                if dd.accepted_by != self.me:
+                    return None
+                if stopping:
+                    await self.finish(dd, CANCELED, "canceled before the restore started", ACCEPTED)
+                    return None
+                return await self._prepare_in_place(dd)
+            return await self._prepare_exposed(dd)
         if dd.node != self.me:
             return None
         if dd.phase in (PREPARED, IN_PROGRESS):
+            if dd.restored_pv:
+                return await self._rebind(dd)
             if stopping:
                 await self.finish(dd, CANCELED, "canceled before the restore started", dd.phase)
-                return None
+                return None if dd.in_place else 0.0
             return await self._start(dd, wake)
         if dd.phase == CANCELING:  # a cancel whose restore is not running here (the agent restarted)
             await self.finish(dd, CANCELED, "canceled; the restore had already stopped", CANCELING)
+            return None if dd.in_place else 0.0
         return None
 
     def timeout_s(self, dd: DataDownload) -> float:
         seconds = parse_duration(dd.operation_timeout, "spec.operationTimeout") if dd.operation_timeout else 0
         return seconds if seconds > 0 else math.inf
 
+    def exposure(self, dd: DataDownload) -> Exposure:
+        """Where the restore PVC and pod of ``dd`` are (named after it, in its namespace), and its target."""
+        return Exposure(dd.namespace, dd.name, dd.target_namespace, dd.target_pvc)
+
     async def _find(self, dd: DataDownload, *phases: str) -> Volume | float | None:
         """The volume if usable here; else seconds to wait for it, or None once the DataDownload was
         failed (it can never be used, or operationTimeout passed)."""
+        claim = (dd.target_namespace, dd.target_pvc) if dd.in_place else (dd.namespace, dd.name)
         try:
             timeout = self.timeout_s(dd)
-            volume = await self.volumes.find((dd.namespace, dd.name), (dd.target_namespace, dd.target_pvc))
+            volume = await self.volumes.find(claim)
         except (ConfigError, VolumeError) as e:
             await self.finish(dd, FAILED, str(e), *phases)
             return None
@@ -226,12 +277,15 @@ class DataDownloadController:
         base = dd.accepted_at or dd.created
         waited = (now() - base).total_seconds() if base else 0.0
         if waited >= timeout:
-            what = (
-                f"PVC {dd.target_namespace}/{dd.target_pvc} (or {dd.namespace}/{dd.name}) to be bound and mounted "
-                "by a running pod on a node with a Ferry agent"
-                if dd.phase in (NEW, ACCEPTED)
-                else f"the volume of PVC {dd.target_namespace}/{dd.target_pvc} to be mounted on node {self.me}"
-            )
+            if not dd.in_place:
+                what = f"restore PVC {dd.namespace}/{dd.name} to be mounted on node {self.me} by its restore pod"
+            elif dd.phase in (NEW, ACCEPTED):
+                what = (
+                    f"PVC {dd.target_namespace}/{dd.target_pvc} to be bound and mounted by a running pod on a node "
+                    "with a Ferry agent"
+                )
+            else:
+                what = f"the volume of PVC {dd.target_namespace}/{dd.target_pvc} to be mounted on node {self.me}"
             await self.finish(
                 dd,
                 FAILED,
@@ -243,45 +297,157 @@ class DataDownloadController:
         return min(self.settings.volume_poll_interval_s, timeout - waited)
 
     async def _claim(self, dd: DataDownload) -> float | None:
-        found = await self._find(dd, NEW)
-        if not isinstance(found, Volume):
-            return found
+        """Accept ``dd`` for this node: one conditional write (a lost race is not an error). A restore into a
+        new volume is claimed at once (this agent then exposes it); an in-place restore only by a node where
+        the target is mounted. Who accepted is kept in an annotation too, since older CRDs prune
+        ``status.acceptedByNode``; the finalizer keeps deletion waiting for the cleanup of what is exposed."""
+        found: Volume | None = None
+        if dd.in_place:
+            located = await self._find(dd, NEW)
+            if not isinstance(located, Volume):
+                return located
+            found = located
         assert self.statuses is not None
         stamp = timestamp(now())
-        accepted = await self.statuses.update(
-            dd,
-            lambda cur: (
-                {"phase": ACCEPTED, "acceptedByNode": self.me, "acceptedTimestamp": stamp}
-                if cur.phase == NEW and self._wants(cur) and not (cur.cancel or cur.deleting)
-                else None
-            ),
-        )
-        if accepted is None:
+
+        def status(cur: DataDownload) -> Obj | None:
+            if cur.phase != NEW or not self._wants(cur) or cur.cancel or cur.deleting:
+                return None
+            if cur.accepted_by not in ("", self.me) and not self._claim_abandoned(cur):
+                return None
+            return {"phase": ACCEPTED, "acceptedByNode": self.me, "acceptedTimestamp": stamp}
+
+        def metadata(cur: DataDownload) -> Obj | None:
+            fields: Obj = {"annotations": {ACCEPTED_BY: self.me, ACCEPTED_AT: stamp}}
+            if not cur.in_place and FINALIZER not in cur.finalizers:
+                fields["finalizers"] = [*cur.finalizers, FINALIZER]
+            return fields
+
+        accepted = await self.statuses.update(dd, status, metadata)
+        if accepted is None or accepted.phase != ACCEPTED:
             log.info("another agent claimed it first", extra={"datadownload": dd.key})
             return None
         self.remember(accepted)
-        log.info("accepted", extra={"datadownload": dd.key, "volume": found.describe()})
+        log.info(
+            "accepted",
+            extra={"datadownload": dd.key, "volume": found.describe() if found else self.exposure(dd).target},
+        )
         await self.events.record(accepted.ref(), "Accepted", f"accepted by the Ferry agent on node {self.me}")
-        return await self._prepare(accepted, found)
+        if found is not None:
+            return await self._prepare_in_place(accepted, found)
+        return 0.0
 
-    async def _prepare(self, dd: DataDownload, volume: Volume | None = None) -> float | None:
+    def _claim_abandoned(self, dd: DataDownload) -> bool:
+        """A New object whose claim annotation names another agent that never wrote Accepted (with a /status
+        subresource the claim is two writes, and that agent may have died between them): after the prepare
+        timeout any agent may claim it again."""
+        since = dd.accepted_at or dd.created
+        return since is None or (now() - since).total_seconds() >= self.settings.prepare_timeout_s
+
+    async def _prepare_in_place(self, dd: DataDownload, volume: Volume | None = None) -> float | None:
         if volume is None:
             found = await self._find(dd, ACCEPTED)
             if not isinstance(found, Volume):
                 return found
+        return await self._write_prepared(dd)
+
+    async def _write_prepared(self, dd: DataDownload) -> float | None:
         assert self.statuses is not None
         prepared = await self.statuses.update(
             dd,
             lambda cur: (
                 {"phase": PREPARED, "node": self.me}
-                if cur.phase == ACCEPTED and cur.accepted_by == self.me and not (cur.cancel or cur.deleting)
+                if cur.phase == ACCEPTED
+                and not (cur.cancel or cur.deleting)
+                and (cur.accepted_by == self.me or not cur.in_place)
                 else None
             ),
         )
         if prepared is None:
             return 0.0
         self.remember(prepared)
+        await self.events.record(prepared.ref(), "Prepared", f"the restore volume is mounted on node {self.me}")
         return 0.0
+
+    async def _prepare_exposed(self, dd: DataDownload) -> float | None:
+        """Accepted, restoring into a new volume: the acceptor exposes it (restore PVC and pod); the agent on
+        the node where the restore pod runs with its volume writes Prepared; any agent fails it once the
+        prepare timeout has passed or the pod can never run."""
+        where = self.exposure(dd)
+        if dd.cancel or dd.deleting:
+            await self.finish(dd, CANCELED, "canceled before the restore started", ACCEPTED, anyone=True)
+            return 0.0
+        since = dd.accepted_at or dd.created
+        waited = (now() - since).total_seconds() if since else 0.0
+        left = self.settings.prepare_timeout_s - waited
+        waiting_for = ""
+        if dd.accepted_by == self.me:
+            if not self.template.image:
+                await self.finish(
+                    dd,
+                    FAILED,
+                    "no image for restore pods: set FERRY_POD_IMAGE, or FERRY_POD_NAME from the downward API so "
+                    "restore pods run the agent's own image",
+                    ACCEPTED,
+                )
+                return 0.0
+            try:
+                exposed = await self.exposer.expose(where, self.owner(dd))
+            except VolumeError as e:
+                await self.finish(dd, FAILED, f"cannot restore into PVC {where.target}: {e}", ACCEPTED, anyone=True)
+                return 0.0
+            if isinstance(exposed, Waiting):
+                waiting_for = exposed.reason
+        pod = await self.exposer.pod(where)
+        if pod.problem:
+            await self.finish(
+                dd,
+                FAILED,
+                f"{pod.problem}; see `kubectl -n {dd.namespace} describe pod {dd.name}`",
+                ACCEPTED,
+                anyone=True,
+            )
+            return 0.0
+        if pod.unschedulable:
+            stuck = (now() - pod.unschedulable_since).total_seconds() if pod.unschedulable_since else 0.0
+            if stuck >= self.settings.unschedulable_grace_s:
+                await self.finish(
+                    dd,
+                    FAILED,
+                    f"restore pod {where.restore} cannot be scheduled: {pod.unschedulable}",
+                    ACCEPTED,
+                )
+                return 0.0
+            waiting_for = f"restore pod {where.restore} to be scheduled ({pod.unschedulable})"
+        if pod.running and pod.node == self.me:
+            volume = await self.volumes.find((dd.namespace, dd.name))
+            if volume is not None:
+                return await self._write_prepared(dd)
+        if left <= 0:
+            if waiting_for:
+                what = waiting_for
+            elif pod.running:
+                what = (
+                    f"the Ferry agent on node {pod.node}, where restore pod {where.restore} runs, to find its volume "
+                    "(is Ferry's DaemonSet running on that node?)"
+                )
+            elif pod.exists:
+                what = f"restore pod {where.restore} to run with its volume (node {pod.node or 'not chosen yet'})"
+            else:
+                what = f"the Ferry agent on node {dd.accepted_by or '?'} to create restore pod {where.restore}"
+            await self.finish(
+                dd,
+                FAILED,
+                f"timed out after {self.settings.prepare_timeout_s:g} s (the prepare timeout, FERRY_PREPARE_TIMEOUT) "
+                f"waiting for {what}",
+                ACCEPTED,
+                anyone=True,
+            )
+            return 0.0
+        return min(self.settings.volume_poll_interval_s, left)
+
+    def owner(self, dd: DataDownload) -> Owner:
+        return Owner(API_VERSION, "DataDownload", dd.name, dd.uid)
 
     async def _start(self, dd: DataDownload, wake: asyncio.Event) -> float | None:
         found = await self._find(dd, dd.phase)
@@ -296,6 +462,100 @@ class DataDownloadController:
         finally:
             self.load.release(dd.name)
             self.metrics.restores.labels("Queued").set(self.load.queued)
+        return None if dd.in_place else 0.0
+
+    async def restored(self, dd: DataDownload, total: int) -> None:
+        """The data is complete. In place: Completed. Into a new volume: record the PV (and its reclaim
+        policy) on the object, so that the rebind survives a restart, and go on with it."""
+        full = {"totalBytes": total, "bytesDone": total}
+        if dd.in_place:
+            cur = self.latest(dd.name) or dd
+            if cur.cancel:
+                await self.finish(dd, CANCELED, "canceled (spec.cancel) as the restore finished", IN_PROGRESS)
+            else:
+                await self.finish(dd, COMPLETED, "", IN_PROGRESS, progress=lambda _: full)
+            return
+        record = await self.rebinder.record(self.exposure(dd))
+        if not isinstance(record, Record):  # the restore PVC was Bound when the data was written into it
+            raise VolumeError(f"restore PVC {self.exposure(dd).restore} is not bound after the restore")
+        assert self.statuses is not None
+        stamp = timestamp(now())
+        written = await self.statuses.update(
+            dd,
+            lambda cur: {"progress": full} if cur.phase == IN_PROGRESS and cur.node == self.me else None,
+            lambda cur: {
+                "annotations": {RESTORED_PV: record.pv, RECLAIM_POLICY: record.reclaim_policy, REBIND_STARTED: stamp}
+            },
+        )
+        if written is not None:
+            self.remember(written)
+            log.info("data restored; handing the volume over", extra={"datadownload": dd.key, "pv": record.pv})
+
+    async def _rebind(self, dd: DataDownload) -> float | None:
+        """Hand the restored PV to the target PVC (``agent.expose.rebind``), then Completed. A cancel (or a
+        deletion) is honoured until the target PVC names the PV; after that the volume is the application's."""
+        where = self.exposure(dd)
+        record = Record(dd.restored_pv, dd.annotations.get(RECLAIM_POLICY, "Delete"))
+        full = {"totalBytes": dd.total_bytes, "bytesDone": dd.total_bytes}
+
+        def stopping() -> bool:
+            cur = self.latest(dd.name)
+            return cur is None or cur.cancel or cur.deleting
+
+        try:
+            result = await self.rebinder.advance(where, record, lambda: not stopping())
+        except VolumeError as e:
+            await self.finish(dd, FAILED, f"restored, but could not hand the volume over: {e}", dd.phase)
+            return 0.0
+        if isinstance(result, Pending) and result.stopped:
+            cur = self.latest(dd.name) or dd
+            await self.finish(cur, CANCELED, "canceled before the restored volume was handed over", dd.phase)
+            return 0.0
+        if isinstance(result, Done):
+            cur = self.latest(dd.name) or dd
+            note = "completed; the cancel came after the volume was handed to the PVC" if stopping() else ""
+            await self.finish(cur, COMPLETED, note, dd.phase, progress=lambda _: full, release=True)
+            return 0.0
+        started = parse_time(dd.annotations.get(REBIND_STARTED))
+        waited = (now() - started).total_seconds() if started else 0.0
+        limit = self.timeout_s(dd)
+        if waited >= limit:
+            await self.finish(
+                dd,
+                FAILED,
+                f"restored, but timed out after {dd.operation_timeout} (spec.operationTimeout) handing PV "
+                f"{record.pv} to PVC {where.target}: still waiting for {result.reason}",
+                dd.phase,
+            )
+            return 0.0
+        return 0.0 if result.acted else min(self.settings.volume_poll_interval_s, limit - waited)
+
+    async def _clean_up(self, dd: DataDownload) -> float | None:
+        """A DataDownload that ended (or is being deleted) with our finalizer: delete its restore pod and PVC,
+        and the restored PV unless the target PVC already names it (then it holds the application's data
+        and gets its reclaim policy back); then remove the finalizer."""
+        where = self.exposure(dd)
+        keep = ""
+        if dd.restored_pv:
+            record = Record(dd.restored_pv, dd.annotations.get(RECLAIM_POLICY, "Delete"))
+            if await self.rebinder.handed_over(where, record):
+                keep = record.pv
+                await self.rebinder.restore_policy(record)
+        left = await self.exposer.clean_up(where, keep_pv=keep)  # idempotent: any agent may run it
+        if not left and dd.restored_pv and not keep:
+            await self.exposer.discard_pv(dd.restored_pv, delete=True)
+        if left:
+            return self.settings.volume_poll_interval_s
+        assert self.statuses is not None
+        done = await self.statuses.update_metadata(
+            dd,
+            lambda cur: (
+                {"finalizers": [f for f in cur.finalizers if f != FINALIZER]} if FINALIZER in cur.finalizers else None
+            ),
+        )
+        if done is not None:
+            self.remember(done)
+            log.info("cleaned up", extra={"datadownload": dd.key})
         return None
 
     # --- writes ----------------------------------------------------------------------------------------
@@ -307,23 +567,32 @@ class DataDownloadController:
         message: str,
         *from_phases: str,
         progress: Callable[[DataDownload], Obj | None] | None = None,
+        anyone: bool = False,
+        release: bool = False,
     ) -> DataDownload | None:
         """Move to a terminal phase (with completionTimestamp and message) if the object is still in one of
-        ``from_phases`` and handled here; record the Event. Returns the written object or None."""
+        ``from_phases`` and handled here (``anyone``: by whichever agent, e.g. a prepare timeout); with
+        ``release``, drop our finalizer in the same write (nothing is left to clean up). Record the Event.
+        Returns the written object or None."""
         assert self.statuses is not None
         stamp = timestamp(now())
 
         def change(cur: DataDownload) -> Obj | None:
             if cur.phase not in from_phases or cur.datamover != self.settings.datamover:
                 return None
-            if cur.phase not in (NEW,) and (cur.node or cur.accepted_by) not in (self.me, ""):
+            if not anyone and cur.phase != NEW and (cur.node or cur.accepted_by) not in (self.me, ""):
                 return None
             fields: Obj = {"phase": phase, "message": message, "completionTimestamp": stamp}
             if progress is not None and (extra := progress(cur)) is not None:
                 fields["progress"] = extra
             return fields
 
-        written = await self.statuses.update(dd, change)
+        def metadata(cur: DataDownload) -> Obj | None:
+            return (
+                {"finalizers": [f for f in cur.finalizers if f != FINALIZER]} if FINALIZER in cur.finalizers else None
+            )
+
+        written = await self.statuses.update(dd, change, metadata if release else None)
         if written is None:
             return None
         self.remember(written)

@@ -1,4 +1,5 @@
-"""One restore, from InProgress to the phase it ends in.
+"""One restore's data transfer, from InProgress until every byte is written (then the controller's
+``restored`` takes over: Completed in place, or the hand-over of a new volume) or it stops.
 
 Everything that can fail the DataDownload without touching the volume (tuning keys, the storage
 location, its credentials, the timeout) is checked before the InProgress write, so no byte is written
@@ -11,6 +12,8 @@ for a DataDownload that was bound to fail. While the data path runs, the supervi
     agent shutdown     → stop the pipeline, stay InProgress with a message saying it will start again
 
 and a reporter writes ``status.progress`` every progress interval (at once when the total is known).
+``Host`` is what the supervisor needs of the controller (a Protocol: the two modules do not import each
+other).
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from agent.velero.locations import LocationResolver
 from agent.velero.objects import (
     CANCELED,
     CANCELING,
-    COMPLETED,
     FAILED,
     IN_PROGRESS,
     PREPARED,
@@ -65,6 +67,9 @@ class Host(Protocol):
 
     def timeout_s(self, dd: DataDownload) -> float: ...
 
+    async def restored(self, dd: DataDownload, total: int) -> None:
+        """The restore wrote every byte of ``total``: what comes next is the controller's."""
+
     async def finish(
         self,
         dd: DataDownload,
@@ -72,6 +77,8 @@ class Host(Protocol):
         message: str,
         *from_phases: str,
         progress: Callable[[DataDownload], Obj | None] | None = None,
+        anyone: bool = False,
+        release: bool = False,
     ) -> DataDownload | None: ...
 
 
@@ -241,14 +248,7 @@ async def _conclude(
         await ctl.finish(dd, FAILED, f"restoring {what} failed {at}: {error}", IN_PROGRESS)
         return
 
-    def full(cur: DataDownload) -> Obj:
-        return {"totalBytes": total, "bytesDone": total}
-
-    cur = ctl.latest(dd.name) or dd
-    if cur.cancel:
-        await ctl.finish(dd, CANCELED, "canceled (spec.cancel) as the restore finished", IN_PROGRESS, progress=full)
-    else:
-        await ctl.finish(dd, COMPLETED, "", IN_PROGRESS, progress=full)
+    await ctl.restored(ctl.latest(dd.name) or dd, total)
 
 
 async def _report(ctl: Host, dd: DataDownload, progress: ProgressTracker) -> None:

@@ -9,6 +9,7 @@ body is a JSON patch, which a real API server rejects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
@@ -59,6 +60,7 @@ class Kube:
         self.namespace = namespace
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
+        self._storage = client.StorageV1Api(api)
 
     @classmethod
     async def connect(cls, kubeconfig: str | None, namespace: str) -> Kube:
@@ -243,6 +245,85 @@ class Kube:
         return await self._call(
             f"get persistentvolume {name}",
             self._core.read_persistent_volume(name, _preload_content=False),
+        )
+
+    # --- what exposing and rebinding a volume needs ----------------------------------------------------
+
+    async def get_pod(self, namespace: str, name: str) -> Obj:
+        return await self._call(
+            f"get pod {namespace}/{name}",
+            self._core.read_namespaced_pod(name, namespace, _preload_content=False),
+        )
+
+    async def create_pod(self, namespace: str, pod: Obj) -> Obj:
+        return await self._call(
+            f"create pod {namespace}/{pod['metadata']['name']}",
+            self._core.create_namespaced_pod(namespace, pod, _preload_content=False),  # type: ignore[arg-type]
+        )
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete (gracefully, as the kubelet stops it); already gone is not an error."""
+        with contextlib.suppress(KubeNotFound):
+            await self._call(
+                f"delete pod {namespace}/{name}",
+                self._core.delete_namespaced_pod(name, namespace, _preload_content=False),
+            )
+
+    async def create_pvc(self, namespace: str, pvc: Obj) -> Obj:
+        return await self._call(
+            f"create persistentvolumeclaim {namespace}/{pvc['metadata']['name']}",
+            self._core.create_namespaced_persistent_volume_claim(
+                namespace,
+                pvc,  # type: ignore[arg-type]
+                _preload_content=False,
+            ),
+        )
+
+    async def delete_pvc(self, namespace: str, name: str) -> None:
+        """Delete; already gone is not an error."""
+        with contextlib.suppress(KubeNotFound):
+            await self._call(
+                f"delete persistentvolumeclaim {namespace}/{name}",
+                self._core.delete_namespaced_persistent_volume_claim(name, namespace, _preload_content=False),
+            )
+
+    async def patch_pvc(self, namespace: str, name: str, patch: Obj) -> Obj:
+        """A JSON merge patch (a built-in's default would be a strategic merge patch)."""
+        return await self._call(
+            f"patch persistentvolumeclaim {namespace}/{name}",
+            self._core.patch_namespaced_persistent_volume_claim(
+                name,
+                namespace,
+                patch,
+                _content_type=MERGE_PATCH,  # type: ignore[call-arg]
+                _preload_content=False,
+            ),
+        )
+
+    async def patch_pv(self, name: str, patch: Obj) -> Obj:
+        """A JSON merge patch (a built-in's default would be a strategic merge patch)."""
+        return await self._call(
+            f"patch persistentvolume {name}",
+            self._core.patch_persistent_volume(
+                name,
+                patch,
+                _content_type=MERGE_PATCH,  # type: ignore[call-arg]
+                _preload_content=False,
+            ),
+        )
+
+    async def delete_pv(self, name: str) -> None:
+        """Delete; already gone is not an error."""
+        with contextlib.suppress(KubeNotFound):
+            await self._call(
+                f"delete persistentvolume {name}",
+                self._core.delete_persistent_volume(name, _preload_content=False),
+            )
+
+    async def get_storage_class(self, name: str) -> Obj:
+        return await self._call(
+            f"get storageclass {name}",
+            self._storage.read_storage_class(name, _preload_content=False),
         )
 
     async def list_pods_on_node(self, namespace: str, node: str) -> list[Obj]:

@@ -332,8 +332,11 @@ class S3Storage(Storage):
             out = AccessDenied(f"incomplete S3 credentials for {where}: {_first_line(e)}")
         elif isinstance(e, botocore.exceptions.NoCredentialsError):
             out = AccessDenied(
-                f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                "AWS_SHARED_CREDENTIALS_FILE or AWS_PROFILE"
+                f"no S3 credentials for {where}: "
+                + (
+                    self._settings.credentials_hint
+                    or "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_SHARED_CREDENTIALS_FILE or AWS_PROFILE"
+                )
             )
         elif isinstance(e, botocore.exceptions.ProfileNotFound):
             out = AccessDenied(

@@ -5,6 +5,9 @@ Read: ``spec.provider`` (only AWS/S3-compatible is served), ``spec.objectStorage
 ``s3ForcePathStyle``, ``insecureSkipTLSVerify``, ``profile``. Credentials: the Secret key named by
 ``spec.credential`` if set, otherwise the node's credentials file (Velero's ``/credentials/cloud``); both
 are AWS shared-credentials INI files, read for the profile ``config.profile`` (default ``default``).
+When neither exists, the AWS SDK's default chain is used, as clusters on AWS provide credentials: the
+environment, IRSA's web identity token (``AWS_WEB_IDENTITY_TOKEN_FILE``/``AWS_ROLE_ARN``), EKS Pod
+Identity (``AWS_CONTAINER_CREDENTIALS_FULL_URI``) and the instance metadata service.
 
 Key material only ever goes into ``S3Settings`` fields that are excluded from ``repr``; messages name
 the Secret or file, never its content.
@@ -105,6 +108,7 @@ class LocationResolver:
                 raise LocationError(str(e)) from None
         profile = config.get("profile") or "default"
         key_id, secret, token = await self._credentials(spec, profile, what)
+        chain = key_id is None
         ca_bundle = await self._ca_bundle(storage, what)
         s3 = S3Settings(
             endpoint_url=endpoint.rstrip("/") if endpoint else None,
@@ -115,6 +119,15 @@ class LocationResolver:
             access_key_id=key_id,
             secret_access_key=secret,
             session_token=token,
+            profile=config.get("profile") or None if chain else None,
+            credentials_hint=(
+                f"{what} has no spec.credential, {self._credentials_file} does not exist on this node, and the "
+                "AWS SDK's default chain (environment, IRSA web identity, EKS Pod Identity, instance metadata) "
+                "found none: set spec.credential, mount Velero's cloud-credentials Secret there, or give the "
+                "agent's service account an IAM role"
+                if chain
+                else ""
+            ),
         )
         return StorageLocation(name, bucket, str(storage.get("prefix") or "").strip("/"), s3)
 
@@ -128,7 +141,8 @@ class LocationResolver:
             raise LocationError(f"{where} does not exist") from None
         return _decode_secret_value(secret, key, where), where
 
-    async def _credentials(self, spec: Obj, profile: str, what: str) -> tuple[str, str, str | None]:
+    async def _credentials(self, spec: Obj, profile: str, what: str) -> tuple[str | None, str | None, str | None]:
+        """Key id, secret and session token; all None: let the AWS SDK's default chain find them."""
         ref = spec.get("credential") or {}
         if ref:
             value, where = await self._secret_value(ref, f"spec.credential of {what}")
@@ -136,10 +150,7 @@ class LocationResolver:
         try:
             text = _read_text(self._credentials_file)
         except FileNotFoundError:
-            raise LocationError(
-                f"no credentials for {what}: it has no spec.credential and {self._credentials_file} does not "
-                "exist on this node; mount Velero's cloud-credentials Secret there or set spec.credential"
-            ) from None
+            return None, None, None
         return _parse_credentials(text, profile, f"credentials file {self._credentials_file}")
 
     async def _ca_bundle(self, storage: Obj, what: str) -> str | None:

@@ -27,6 +27,24 @@ TERMINAL = frozenset({CANCELED, COMPLETED, FAILED})
 
 Obj = dict[str, Any]
 
+ACCEPTED_BY = "ferry.dev/accepted-by"
+"""Annotation: the node whose agent accepted the DataDownload. Kept in metadata because Velero 1.14 and
+1.15 DataDownload CRDs have no ``status.acceptedByNode``, and the API server prunes what a CRD lacks."""
+ACCEPTED_AT = "ferry.dev/accepted-at"
+"""Annotation: when it was accepted (RFC 3339); the prepare timeout counts from it."""
+RESTORED_PV = "ferry.dev/restored-pv"
+"""Annotation, written once the data is complete: the PV holding it, being handed to the target PVC."""
+RECLAIM_POLICY = "ferry.dev/reclaim-policy"
+"""Annotation: that PV's reclaim policy before the rebind set it to Retain (restored at the end)."""
+REBIND_STARTED = "ferry.dev/rebind-started"
+"""Annotation: when the rebind began (operationTimeout bounds it)."""
+FINALIZER = "ferry.dev/cleanup"
+"""Held while a restore PVC, pod or PV of ours may exist for the DataDownload: deleting the object then
+waits until the agent has removed them."""
+IN_PLACE_KEY = "ferry.inPlace"
+"""``spec.dataMoverConfig`` key: ``"true"`` restores into the target PVC where a running pod already
+mounts it (hand-written DataDownloads only; Velero never sets it)."""
+
 
 def _str(value: object) -> str:
     return value if isinstance(value, str) else ""
@@ -59,11 +77,24 @@ class DataDownload:
     phase: str = NEW
     node: str = ""
     accepted_by: str = ""
+    """Annotation ``ferry.dev/accepted-by``, else ``status.acceptedByNode``."""
     accepted_at: dt.datetime | None = None
+    """Annotation ``ferry.dev/accepted-at``, else ``status.acceptedTimestamp``."""
+    annotations: dict[str, str] = field(default_factory=dict)
+    finalizers: tuple[str, ...] = ()
     started: str = ""
     message: str = ""
     bytes_done: int = 0
     total_bytes: int = 0
+
+    @property
+    def in_place(self) -> bool:
+        """Whether it asks to restore into an already mounted target PVC (``ferry.inPlace``)."""
+        return self.config.get(IN_PLACE_KEY, "").strip().lower() in ("1", "true", "yes", "on")
+
+    @property
+    def restored_pv(self) -> str:
+        return self.annotations.get(RESTORED_PV, "")
 
     @property
     def key(self) -> str:
@@ -81,6 +112,8 @@ class DataDownload:
         target = spec.get("targetVolume") or {}
         progress = status.get("progress") or {}
         config = spec.get("dataMoverConfig") or {}
+        annotations = meta.get("annotations") or {}
+        annotations = {str(k): str(v) for k, v in annotations.items()} if isinstance(annotations, dict) else {}
         return cls(
             name=_str(meta.get("name")),
             namespace=_str(meta.get("namespace")),
@@ -100,8 +133,10 @@ class DataDownload:
             config={str(k): str(v) for k, v in config.items()} if isinstance(config, dict) else {},
             phase=_str(status.get("phase")) or NEW,
             node=_str(status.get("node")),
-            accepted_by=_str(status.get("acceptedByNode")),
-            accepted_at=parse_time(status.get("acceptedTimestamp")),
+            accepted_by=annotations.get(ACCEPTED_BY) or _str(status.get("acceptedByNode")),
+            accepted_at=parse_time(annotations.get(ACCEPTED_AT)) or parse_time(status.get("acceptedTimestamp")),
+            annotations=annotations,
+            finalizers=tuple(str(f) for f in meta.get("finalizers") or ()),
             started=_str(status.get("startTimestamp")),
             message=_str(status.get("message")),
             bytes_done=_int(progress.get("bytesDone")),

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 Change = Callable[[DataDownload], Obj | None]
 """Given the current object, the status fields to merge, or None when the change no longer applies."""
+MetadataChange = Callable[[DataDownload], Obj | None]
+"""Given the current object, the metadata fields to merge (annotations, finalizers), or None."""
 
 MAX_CONFLICTS = 20
 MAX_TRANSIENT = 6
@@ -34,18 +36,31 @@ class StatusWriter:
         self._kube = kube
         self.via_status_subresource = via_status_subresource
 
-    async def update(self, dd: DataDownload, change: Change) -> DataDownload | None:
-        """Apply ``change`` to ``dd`` (re-reading on conflict). Returns the object as written, or None
-        when the change no longer applies or the object is gone."""
+    async def update(
+        self, dd: DataDownload, change: Change, metadata: MetadataChange | None = None
+    ) -> DataDownload | None:
+        """Apply ``change`` to ``dd``'s status, and ``metadata`` (if given) to its metadata, re-reading on
+        conflict. Returns the object as written, or None when the change no longer applies or the object
+        is gone. With Velero's CRD flavour both go in one write; with a ``/status`` subresource the
+        metadata goes first through the main resource, then the status (recomputed on the result)."""
         current = dd
         conflicts = transient = 0
         while True:
             fields = change(current)
             if fields is None:
                 return None
-            patch = {"metadata": {"resourceVersion": current.resource_version}, "status": fields}
+            meta = metadata(current) if metadata is not None else None
+            patch: Obj = {"metadata": {"resourceVersion": current.resource_version} | (meta or {})}
+            via_status = self.via_status_subresource and not meta
+            if not (self.via_status_subresource and meta):
+                patch["status"] = fields
             try:
-                written = await self._kube.patch_datadownload(current.name, patch, status=self.via_status_subresource)
+                written = await self._kube.patch_datadownload(current.name, patch, status=via_status)
+                if self.via_status_subresource and meta:
+                    current, metadata = DataDownload.from_obj(written), None
+                    if not fields:
+                        return current
+                    continue
                 return DataDownload.from_obj(written)
             except KubeNotFound:
                 return None
@@ -63,3 +78,8 @@ class StatusWriter:
                 current = DataDownload.from_obj(await self._kube.get_datadownload(dd.name))
             except KubeNotFound:
                 return None
+
+    async def update_metadata(self, dd: DataDownload, change: MetadataChange) -> DataDownload | None:
+        """Apply ``change`` to ``dd``'s metadata alone (annotations, finalizers), through the main
+        resource, re-reading on conflict. Returns the object as written, or None."""
+        return await self.update(dd, lambda cur: {} if change(cur) is not None else None, change)

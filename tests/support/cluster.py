@@ -95,7 +95,10 @@ class Cluster:
         bsl: str = "default",
         config: dict[str, str] | None = None,
         status: Obj | None = None,
+        in_place: bool = True,
     ) -> Obj:
+        """A DataDownload as a user writes one by hand: by default restoring in place (``ferry.inPlace``)
+        into ``pvc``, mounted by a running pod (``add_volume``)."""
         spec: Obj = {
             "backupStorageLocation": bsl,
             "datamover": datamover,
@@ -104,8 +107,9 @@ class Cluster:
             "sourceNamespace": source_namespace,
             "targetVolume": {"namespace": target_namespace, "pvc": pvc, "pv": ""},
         }
-        if config is not None:
-            spec["dataMoverConfig"] = config
+        mover_config = ({"ferry.inPlace": "true"} if in_place else {}) | (config or {})
+        if mover_config:
+            spec["dataMoverConfig"] = mover_config
         obj: Obj = {
             "apiVersion": "velero.io/v2alpha1",
             "kind": "DataDownload",
@@ -294,3 +298,39 @@ async def start_held_restore(
     await cluster.wait_phase(name, "InProgress", timeout=60)
     async with asyncio.timeout(30):
         await proxy.holding.wait()
+
+
+@dataclass
+class Killable:
+    """An in-process agent that can be killed as SIGKILL would: its task is cancelled mid-step, no shutdown
+    path runs, and whatever it had written stays as it was."""
+
+    agent: Agent
+    task: asyncio.Task[None]
+
+    async def kill(self) -> None:
+        self.task.cancel()
+        async with asyncio.timeout(30):
+            await asyncio.wait([self.task])
+
+
+@asynccontextmanager
+async def killable_agent(settings: AgentSettings) -> AsyncIterator[Killable]:
+    """Like ``running_agent``, plus ``kill()``; stopped gracefully at the end if still alive."""
+    agent = Agent(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop), name=f"agent {settings.node_name}")
+    handle = Killable(agent, task)
+    try:
+        async with asyncio.timeout(15):
+            await agent.started.wait()
+            assert agent.controller is not None
+            await agent.controller.watcher.opened.wait()
+        yield handle
+    finally:
+        stop.set()
+        if not task.done():
+            async with asyncio.timeout(settings.shutdown_grace_s + 10):
+                await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]

@@ -1,0 +1,428 @@
+"""Velero's restore flow when things go wrong: every supported Velero's CRD shape, cancel in each phase,
+deletion, restore pods that can never run, the prepare timeout. Each ends in the right terminal phase
+with nothing of the restore left behind (no restore pod, PVC or PV, no finalizer)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.agent_fixtures import agent_kubeconfig, make_cluster, snapshot
+from tests.support.cluster import Cluster, credentials_ini
+from tests.support.faulty_proxy import FaultyProxy
+from tests.support.kube import VELERO_VERSIONS, KubeServer, velero_crds
+from tests.support.seaweed import SeaweedServer
+from tests.support.velero import (
+    IMAGE,
+    NS,
+    assert_nothing_left,
+    progress,
+    start_restore,
+    start_workload,
+    wait_done,
+    wait_released,
+    world,
+)
+
+
+def cancel(cluster: Cluster, name: str) -> None:
+    """What Velero's ``Cancel(operationID)`` does: a merge patch of ``spec.cancel: true``."""
+    cluster.kube.patch("datadownloads", name, {"spec": {"cancel": True}}, namespace=NS)
+
+
+@pytest.mark.parametrize("version", [*VELERO_VERSIONS, "1.18+status"])
+async def test_each_supported_velero_crd(version: str, tmp_path: Path, s3_server: SeaweedServer) -> None:
+    """1.14 and 1.15 prune status.acceptedByNode/acceptedTimestamp: the claim must hold without them.
+    ``+status``: a distribution's CRD with a /status subresource (status writes go there, the claim's
+    annotations and finalizer through the main resource)."""
+    version, _, flavour = version.partition("+")
+    kube = await KubeServer(velero_crds(version, status_subresource=flavour == "status")).start()
+    try:
+        kube.create("namespaces", {"metadata": {"name": NS}})
+        cluster = await make_cluster(kube, tmp_path, s3_server)
+        cluster.add_credentials_secret(text=credentials_ini())
+        cluster.add_bsl(credential={"name": "ferry-credentials", "key": "cloud"})
+        source = tmp_path / "src"
+        source.mkdir()
+        (source / "note.txt").write_text(f"restored under Velero {version}\n")
+        snapshot_id = await snapshot(s3_server, cluster.bucket, source)
+        async with world(cluster, tmp_path) as w:
+            restore = start_restore(
+                kube,
+                snapshot_id=snapshot_id,
+                snapshot_size=26,
+                namespace="app",
+                pvc="data",
+                storage_class="immediate",
+                version=version,
+            )
+            pod = start_workload(kube, restore)
+            done = await wait_done(cluster, restore)
+            assert done["status"]["phase"] == "Completed", done["status"].get("message")
+            if version in ("1.14", "1.15"):
+                assert "acceptedByNode" not in done["status"]
+            else:
+                assert done["status"]["acceptedByNode"] == done["metadata"]["annotations"]["ferry.dev/accepted-by"]
+            assert cluster.phases(restore.datadownload) == ["New", "Accepted", "Prepared", "InProgress", "Completed"]
+            await w.sim.settled()
+            assert (w.sim.pod_volume("app", pod, "data") / "note.txt").read_text() == source.joinpath(
+                "note.txt"
+            ).read_text()
+            assert_nothing_left(cluster, restore)
+    finally:
+        await kube.stop()
+
+
+async def test_cancel_while_new(cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path) -> None:
+    snapshot_id, _ = tiny_snapshot
+    restore = start_restore(
+        cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="immediate"
+    )
+    cancel(cluster, restore.datadownload)
+    async with world(cluster, tmp_path):
+        done = await wait_done(cluster, restore)
+    assert done["status"]["phase"] == "Canceled"
+    assert progress(done)["err"] == "DataDownload is canceled"
+    assert_nothing_left(cluster, restore)
+
+
+async def test_cancel_while_accepted_and_exposed(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The restore pod runs on node-c, where no agent runs: the DataDownload stays Accepted, exposed."""
+    snapshot_id, _ = tiny_snapshot
+    async with world(cluster, tmp_path, agents=["node-a", "node-b"]) as w:
+        restore = start_restore(
+            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
+        )
+        start_workload(cluster.kube, restore, node="node-c")
+        await cluster.kube.wait_for(
+            "pods", restore.datadownload, NS, lambda p: p is not None and p["status"].get("phase") == "Running"
+        )
+        assert cluster.dd(restore.datadownload)["status"]["phase"] == "Accepted"
+        cancel(cluster, restore.datadownload)
+        done = await wait_done(cluster, restore)
+        assert done["status"]["phase"] == "Canceled"
+        await wait_released(cluster, restore)
+        await w.sim.settled()
+        assert_nothing_left(cluster, restore)
+
+
+async def test_cancel_while_prepared(
+    cluster: Cluster, tree_snapshot: tuple[str, Path], proxy: FaultyProxy, slow_bsl: str, tmp_path: Path
+) -> None:
+    """One agent, one restore at a time: the second DataDownload waits Prepared while the first is held."""
+    snapshot_id, _ = tree_snapshot
+    proxy.stall_ranged = True
+    async with world(cluster, tmp_path, nodes=["node-a"]) as w:
+        first = start_restore(
+            cluster.kube,
+            snapshot_id=snapshot_id,
+            snapshot_size=1,
+            namespace="app",
+            pvc="first",
+            storage_class="immediate",
+            bsl=slow_bsl,
+            restore_name="first",
+        )
+        await cluster.wait_phase(first.datadownload, "InProgress", timeout=30)
+        second = start_restore(
+            cluster.kube,
+            snapshot_id=snapshot_id,
+            snapshot_size=1,
+            namespace="app",
+            pvc="second",
+            storage_class="immediate",
+            restore_name="second",
+        )
+        await cluster.wait_phase(second.datadownload, "Prepared", timeout=30)
+        cancel(cluster, second.datadownload)
+        done = await wait_done(cluster, second)
+        assert done["status"]["phase"] == "Canceled"
+        assert cluster.phases(second.datadownload) == ["New", "Accepted", "Prepared", "Canceled"]
+        await wait_released(cluster, second)
+        cancel(cluster, first.datadownload)
+        proxy.stall_ranged = False
+        proxy.released.set()
+        assert (await wait_done(cluster, first))["status"]["phase"] == "Canceled"
+        await wait_released(cluster, first)
+        await w.sim.settled()
+        assert_nothing_left(cluster, second)
+        assert_nothing_left(cluster, first)
+
+
+async def test_cancel_while_in_progress(
+    cluster: Cluster, tree_snapshot: tuple[str, Path], proxy: FaultyProxy, slow_bsl: str, tmp_path: Path
+) -> None:
+    snapshot_id, _ = tree_snapshot
+    proxy.stall_ranged = True
+    async with world(cluster, tmp_path) as w:
+        restore = start_restore(
+            cluster.kube,
+            snapshot_id=snapshot_id,
+            snapshot_size=1,
+            namespace="app",
+            pvc="data",
+            storage_class="immediate",
+            bsl=slow_bsl,
+        )
+        await cluster.wait_phase(restore.datadownload, "InProgress", timeout=30)
+        cancel(cluster, restore.datadownload)
+        done = await wait_done(cluster, restore)
+        proxy.stall_ranged = False
+        proxy.released.set()
+        assert done["status"]["phase"] == "Canceled"
+        assert cluster.phases(restore.datadownload)[-2:] == ["Canceling", "Canceled"]
+        await wait_released(cluster, restore)
+        await w.sim.settled()
+        assert_nothing_left(cluster, restore)
+        target = cluster.kube.get("persistentvolumeclaims", "data", namespace="app")
+        assert target is not None
+        assert target["status"]["phase"] == "Pending", "a canceled restore handed a volume to the PVC"
+
+
+async def test_deleted_while_in_progress(
+    cluster: Cluster, tree_snapshot: tuple[str, Path], proxy: FaultyProxy, slow_bsl: str, tmp_path: Path
+) -> None:
+    """Velero deletes the DataDownload (its Restore was deleted): the finalizer keeps it until the restore
+    stopped and everything it exposed is gone; then it goes."""
+    snapshot_id, _ = tree_snapshot
+    proxy.stall_ranged = True
+    async with world(cluster, tmp_path) as w:
+        restore = start_restore(
+            cluster.kube,
+            snapshot_id=snapshot_id,
+            snapshot_size=1,
+            namespace="app",
+            pvc="data",
+            storage_class="immediate",
+            bsl=slow_bsl,
+        )
+        await cluster.wait_phase(restore.datadownload, "InProgress", timeout=30)
+        cluster.kube.delete("datadownloads", restore.datadownload, namespace=NS)
+        assert cluster.kube.get("datadownloads", restore.datadownload, namespace=NS) is not None, "no finalizer"
+        await cluster.kube.wait_gone("datadownloads", restore.datadownload, NS, timeout=30)
+        proxy.stall_ranged = False
+        proxy.released.set()
+        await w.sim.settled()
+        assert_nothing_left(cluster, restore)
+
+
+async def test_image_that_cannot_be_pulled(cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path) -> None:
+    snapshot_id, _ = tiny_snapshot
+    async with world(cluster, tmp_path) as w:
+        w.sim.fail_image(IMAGE)
+        restore = start_restore(
+            cluster.kube,
+            snapshot_id=snapshot_id,
+            snapshot_size=18,
+            namespace="app",
+            pvc="data",
+            storage_class="immediate",
+        )
+        done = await wait_done(cluster, restore)
+        assert done["status"]["phase"] == "Failed"
+        assert "ImagePullBackOff" in done["status"]["message"]
+        assert IMAGE in done["status"]["message"]
+        await wait_released(cluster, restore)
+        await w.sim.settled()
+        assert_nothing_left(cluster, restore)
+
+
+async def test_restore_pod_that_can_never_be_scheduled(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The application's claim names a node that is gone: the restore pod, pinned there, fits nowhere."""
+    snapshot_id, _ = tiny_snapshot
+    async with world(cluster, tmp_path, unschedulable_grace_s=0.2) as w:
+        restore = start_restore(
+            cluster.kube,
+            snapshot_id=snapshot_id,
+            snapshot_size=18,
+            namespace="app",
+            pvc="data",
+            storage_class="wffc",
+            pvc_annotations={"volume.kubernetes.io/selected-node": "node-gone"},
+        )
+        done = await wait_done(cluster, restore)
+        assert done["status"]["phase"] == "Failed"
+        assert "cannot be scheduled" in done["status"]["message"]
+        assert "didn't match Pod's node affinity/selector" in done["status"]["message"]
+        await wait_released(cluster, restore)
+        await w.sim.settled()
+        assert_nothing_left(cluster, restore)
+
+
+async def test_prepare_timeout(cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path) -> None:
+    """No agent where the restore pod runs: the prepare timeout fails it and says what it waited for."""
+    snapshot_id, _ = tiny_snapshot
+    async with world(cluster, tmp_path, agents=["node-a"], prepare_timeout_s=1.0) as w:
+        restore = start_restore(
+            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
+        )
+        start_workload(cluster.kube, restore, node="node-b")
+        done = await wait_done(cluster, restore)
+        assert done["status"]["phase"] == "Failed"
+        assert "prepare timeout" in done["status"]["message"]
+        assert "node-b" in done["status"]["message"]
+        await wait_released(cluster, restore)
+        await w.sim.settled()
+        assert_nothing_left(cluster, restore)
+
+
+async def test_target_already_bound_is_refused(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Velero never restores into a bound PVC; a DataDownload that asks to is refused, and nothing is made."""
+    snapshot_id, _ = tiny_snapshot
+    async with world(cluster, tmp_path) as w:
+        cluster.ensure_namespace("app")
+        cluster.kube.create(
+            "persistentvolumeclaims",
+            {
+                "metadata": {"name": "data", "namespace": "app"},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": "immediate",
+                    "resources": {"requests": {"storage": "64Mi"}},
+                },
+            },
+            namespace="app",
+        )
+        await cluster.kube.wait_for(
+            "persistentvolumeclaims", "data", "app", lambda c: c is not None and c["status"].get("phase") == "Bound"
+        )
+        dd = cluster.create_dd("into-bound", snapshot_id, "data", in_place=False)
+        done = await cluster.wait_phase(dd["metadata"]["name"], "Failed", "Completed", timeout=30)
+        assert done["status"]["phase"] == "Failed"
+        assert "is already bound" in done["status"]["message"]
+        await w.sim.settled()
+        assert cluster.kube.get("persistentvolumeclaims", "into-bound", namespace=NS) is None
+        assert cluster.kube.get("pods", "into-bound", namespace=NS) is None
+
+
+async def test_agents_use_a_least_privilege_identity(kube: KubeServer, tmp_path: Path) -> None:
+    """The agents of these tests are the service account daemonset/rbac.yaml binds (a 403 otherwise)."""
+    path = agent_kubeconfig(kube, tmp_path / "kubeconfig")
+    assert "token" in path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("held", "outcome"),
+    [
+        (("PATCH", r"/persistentvolumes/[^/]+$", r'"Retain"'), "Canceled"),
+        (("PATCH", r"/namespaces/app/persistentvolumeclaims/data$", None), "Completed"),
+    ],
+    ids=["before-hand-over", "after-hand-over"],
+)
+async def test_cancel_during_the_rebind(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path, held: tuple[str, str, str | None], outcome: str
+) -> None:
+    """Until the target PVC names the restored PV a cancel is honoured (the PV is deleted); after that the
+    volume is the application's and the restore completes, saying the cancel came too late."""
+    snapshot_id, _ = tiny_snapshot
+    async with world(cluster, tmp_path, nodes=["node-a"]) as w:
+        hold = cluster.kube.hold_after(*held)
+        restore = start_restore(
+            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
+        )
+        start_workload(cluster.kube, restore)
+        async with asyncio.timeout(30):
+            await hold.reached.wait()
+        cancel(cluster, restore.datadownload)
+        hold.release()
+        done = await wait_done(cluster, restore)
+        assert done["status"]["phase"] == outcome, done["status"].get("message")
+        await wait_released(cluster, restore)
+        await w.sim.settled()
+        assert_nothing_left(cluster, restore)
+        target = cluster.kube.get("persistentvolumeclaims", "data", namespace="app")
+        assert target is not None
+        if outcome == "Canceled":
+            assert target["status"]["phase"] == "Pending"
+            assert cluster.kube.list("persistentvolumes") == []
+        else:
+            assert "the cancel came after the volume was handed to the PVC" in done["status"]["message"]
+            assert target["status"]["phase"] == "Bound"
+
+
+@pytest.mark.parametrize("end", ["restore-pod-failed", "deleted"])
+async def test_accepted_and_exposed_then_pod_fails_or_object_deleted(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path, end: str
+) -> None:
+    """Exposed on node-c, where no agent runs (so it stays Accepted): the restore pod fails — the
+    DataDownload fails naming it — or the DataDownload is deleted — it goes once everything is removed."""
+    snapshot_id, _ = tiny_snapshot
+    async with world(cluster, tmp_path, agents=["node-a", "node-b"]) as w:
+        restore = start_restore(
+            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
+        )
+        start_workload(cluster.kube, restore, node="node-c")
+        await cluster.kube.wait_for(
+            "pods", restore.datadownload, NS, lambda p: p is not None and p["status"].get("phase") == "Running"
+        )
+        if end == "deleted":
+            cluster.kube.delete("datadownloads", restore.datadownload, namespace=NS)
+            await cluster.kube.wait_gone("datadownloads", restore.datadownload, NS, timeout=30)
+        else:
+            w.sim.fail_pod(NS, restore.datadownload, "the container exited with code 137")
+            done = await wait_done(cluster, restore)
+            assert done["status"]["phase"] == "Failed"
+            assert "is Failed on node node-c" in done["status"]["message"]
+            assert "exited with code 137" in done["status"]["message"]
+            await wait_released(cluster, restore)
+        await w.sim.settled()
+        assert_nothing_left(cluster, restore)
+
+
+async def test_restore_pods_run_the_agents_own_image(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path
+) -> None:
+    """No FERRY_POD_IMAGE: the agent reads its own pod (FERRY_POD_NAME) and restore pods run its image."""
+    snapshot_id, _ = tiny_snapshot
+    own = "registry.example/ferry:1.2.3"
+    cluster.kube.create(
+        "pods",
+        {
+            "metadata": {"name": "ferry-x1", "namespace": NS},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "ferry", "image": own}]},
+        },
+        namespace=NS,
+    )
+    async with world(cluster, tmp_path, nodes=["node-a"], pod_image="", pod_name="ferry-x1"):
+        restore = start_restore(
+            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
+        )
+        start_workload(cluster.kube, restore)
+        await cluster.kube.wait_for("pods", restore.datadownload, NS, lambda p: p is not None)
+        pod = cluster.kube.get("pods", restore.datadownload, namespace=NS)
+        assert pod is not None
+        [container] = pod["spec"]["containers"]
+        assert container["image"] == own
+        assert container["command"] == ["ferry", "hold"]
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert pod["spec"]["nodeSelector"]["kubernetes.io/hostname"] == "node-a"
+        assert pod["metadata"]["ownerReferences"][0]["kind"] == "DataDownload"
+        assert (await wait_done(cluster, restore))["status"]["phase"] == "Completed"
+
+
+async def test_a_claim_abandoned_between_its_two_writes_is_taken_over(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path
+) -> None:
+    """With a /status subresource a claim is two writes; an agent that died between them left its name on a
+    New object. After the prepare timeout another agent claims it."""
+    snapshot_id, _ = tiny_snapshot
+    restore = start_restore(
+        cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
+    )
+    stale = {"ferry.dev/accepted-by": "node-gone", "ferry.dev/accepted-at": "2020-01-01T00:00:00Z"}
+    cluster.kube.patch("datadownloads", restore.datadownload, {"metadata": {"annotations": stale}}, namespace=NS)
+    start_workload(cluster.kube, restore)
+    async with world(cluster, tmp_path, nodes=["node-a"]):
+        done = await wait_done(cluster, restore)
+    assert done["status"]["phase"] == "Completed", done["status"].get("message")
+    assert done["metadata"]["annotations"]["ferry.dev/accepted-by"] == "node-a"
