@@ -154,6 +154,12 @@ class KubeError(FerryError):
         self.status = status
         self.transient = status in {0, 429} or status >= 500
 
+    @property
+    def refusal(self) -> bool:
+        """Refused for a reason that does not clear by itself: 400 (malformed), 401/403 (credentials,
+        RBAC), 405, 415, 422 (schema, immutable fields, admission policies)."""
+        return self.status in {400, 401, 403, 405, 415, 422}
+
 
 class KubeConflict(KubeError):
     """409: the object changed since it was read (optimistic concurrency lost), or already exists."""

@@ -349,6 +349,9 @@ class AgentSettings:
     unschedulable_grace_s: float = 300.0
     """Seconds a restore pod may stay unschedulable (a cluster autoscaler may still add a node) before the
     DataDownload fails with the scheduler's reason."""
+    orphan_grace_s: float = 60.0
+    """Seconds another node's agent gets to stop a canceled or deleted restore it holds before any agent
+    ends it instead: that agent or its node is gone."""
     restore: RestoreSettings = field(default_factory=RestoreSettings)
     """Defaults for every restore; a DataDownload's ``spec.dataMoverConfig`` may override some."""
     repository: RepositorySettings = field(default_factory=RepositorySettings)
@@ -368,6 +371,7 @@ class AgentSettings:
             "watch_timeout_s",
             "prepare_timeout_s",
             "unschedulable_grace_s",
+            "orphan_grace_s",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
@@ -388,6 +392,7 @@ _AGENT_PARSERS: dict[str, Callable[[str, str], object]] = {
     "watch_timeout_s": parse_seconds,
     "prepare_timeout_s": parse_seconds,
     "unschedulable_grace_s": parse_seconds,
+    "orphan_grace_s": parse_seconds,
 }
 
 

@@ -5,24 +5,29 @@ with nothing of the restore left behind (no restore pod, PVC or PV, no finalizer
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.agent_fixtures import agent_kubeconfig, make_cluster, snapshot
-from tests.support.cluster import Cluster, credentials_ini
+from tests.support.cluster import Cluster, credentials_ini, killable_agent, running_agent
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.kube import VELERO_VERSIONS, KubeServer, velero_crds
 from tests.support.seaweed import SeaweedServer
 from tests.support.velero import (
+    FINALIZER,
     IMAGE,
     NS,
     assert_nothing_left,
+    finalizer_satisfied,
     progress,
     start_restore,
     start_workload,
     wait_done,
     wait_released,
+    wait_running,
     world,
 )
 
@@ -426,3 +431,333 @@ async def test_a_claim_abandoned_between_its_two_writes_is_taken_over(
         done = await wait_done(cluster, restore)
     assert done["status"]["phase"] == "Completed", done["status"].get("message")
     assert done["metadata"]["annotations"]["ferry.dev/accepted-by"] == "node-a"
+
+
+@pytest.mark.parametrize("phase", ["Failed", "Canceled"])
+@pytest.mark.parametrize("agents", ["killed-owner", "three-agents"])
+async def test_ended_by_velero_after_the_target_names_the_pv(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path, phase: str, agents: str
+) -> None:
+    """Velero writes a terminal phase itself once the target PVC names the restored PV but before the PV's
+    claimRef moved. The volume is the application's now: cleanup must finish the hand-over (a PV left
+    with the restore PVC's claim would be released and deleted with the data)."""
+    snapshot_id, source = tiny_snapshot
+    nodes = ["node-a"] if agents == "killed-owner" else ["node-a", "node-b", "node-c"]
+    async with world(cluster, tmp_path, nodes=nodes, agents=[]) as w:
+        hold = cluster.kube.hold_after("PATCH", r"/namespaces/app/persistentvolumeclaims/data$")
+        restore = start_restore(
+            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
+        )
+        pod = start_workload(cluster.kube, restore)
+        async with AsyncExitStack() as stack:
+            owners = [await stack.enter_async_context(killable_agent(w.settings(node))) for node in nodes]
+            async with asyncio.timeout(30):
+                await hold.reached.wait()
+            if agents == "killed-owner":
+                await owners[0].kill()
+                hold.release()
+            ended = {"status": {"phase": phase, "message": "ended by Velero"}}
+            cluster.kube.patch("datadownloads", restore.datadownload, ended, namespace=NS)
+            if agents == "killed-owner":
+                await stack.enter_async_context(killable_agent(w.settings("node-a")))
+            await wait_released(cluster, restore)  # with three agents, the others cleaned up meanwhile
+            hold.release()
+            await cluster.kube.wait_for(
+                "persistentvolumeclaims", "data", "app", lambda _: finalizer_satisfied(cluster.kube, restore)
+            )
+            await wait_running(cluster, "app", pod)
+            restored = w.sim.pod_volume("app", pod, "data")
+            assert (restored / "note.txt").read_bytes() == (source / "note.txt").read_bytes()
+            await w.sim.settled()
+            assert_nothing_left(cluster, restore)
+            claim = cluster.kube.get("persistentvolumeclaims", "data", namespace="app")
+            assert claim is not None
+            pv = cluster.kube.get("persistentvolumes", claim["spec"]["volumeName"])
+            assert pv is not None
+            assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+
+
+@pytest.mark.parametrize("after", ['"Accepted"', '"Prepared"', '"InProgress"', "ferry.dev/restored-pv"])
+async def test_a_cancel_that_overtakes_the_agents_own_write(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path, after: str
+) -> None:
+    """The watch delivers a cancel while the answer to the agent's own write is still on its way: that
+    answer is older than the cancel and must not replace it (the cancel was lost, and the agent looped on
+    refused writes or handed the volume over anyway)."""
+    snapshot_id, _ = tiny_snapshot
+    async with world(cluster, tmp_path, nodes=["node-a"]) as w:
+        controller = w.agents["node-a"].controller
+        assert controller is not None
+        delivered = asyncio.Event()
+        deliver = controller.watcher._deliver
+
+        def noting(name: str, obj: dict[str, Any] | None) -> None:
+            deliver(name, obj)
+            if obj is not None and obj["spec"].get("cancel"):
+                delivered.set()
+
+        controller.watcher._deliver = noting
+        hold = cluster.kube.hold_after("PATCH", r"/datadownloads/[^/]+$", after)
+        restore = start_restore(
+            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
+        )
+        start_workload(cluster.kube, restore)
+        async with asyncio.timeout(30):
+            await hold.reached.wait()
+        cancel(cluster, restore.datadownload)
+        async with asyncio.timeout(30):
+            await delivered.wait()
+        hold.release()
+        before = len(cluster.kube.requests)
+        done = await wait_done(cluster, restore, timeout=30)
+        assert done["status"]["phase"] == "Canceled", done["status"]
+        await wait_released(cluster, restore)
+        await w.sim.settled()
+        assert_nothing_left(cluster, restore)
+        assert len(cluster.kube.requests) - before < 100, "the agent looped on refused writes"
+
+
+async def test_a_pod_and_pvc_of_the_same_name_that_are_not_ours(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Restore pods and PVCs are named after the DataDownload. Objects of that name that someone else made
+    are neither used (restoring over someone's volume and handing it away) nor deleted by the cleanup."""
+    snapshot_id, _ = tiny_snapshot
+    async with world(cluster, tmp_path) as w:
+        claim = {
+            "metadata": {"name": "clash", "namespace": NS},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "immediate",
+                "resources": {"requests": {"storage": "64Mi"}},
+            },
+        }
+        cluster.kube.create("persistentvolumeclaims", claim, namespace=NS)
+        bound = await cluster.kube.wait_for(
+            "persistentvolumeclaims", "clash", NS, lambda c: c is not None and c["status"].get("phase") == "Bound"
+        )
+        foreign_pv = bound["spec"]["volumeName"]
+        (w.sim.backing(foreign_pv) / "precious.db").write_text("someone else's data")
+        pod = {"metadata": {"name": "clash", "namespace": NS}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+        cluster.kube.create("pods", pod, namespace=NS)
+        cluster.ensure_namespace("app")
+        target = {
+            "metadata": {"name": "data", "namespace": "app"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "immediate",
+                "resources": {"requests": {"storage": "64Mi"}},
+                "selector": {"matchLabels": {"velero.io/dynamic-pv-restore": "app.data.x"}},
+            },
+        }
+        cluster.kube.create("persistentvolumeclaims", target, namespace="app")
+        cluster.create_dd("clash", snapshot_id, "data", in_place=False)
+        done = await cluster.wait_phase("clash", "Failed", "Completed", "Canceled", timeout=30)
+        assert done["status"]["phase"] == "Failed"
+        assert (
+            "PersistentVolumeClaim velero/clash already exists and was not made for this restore"
+            in (done["status"]["message"])
+        )
+        await cluster.kube.wait_for(
+            "datadownloads", "clash", NS, lambda d: FINALIZER not in (d or {}).get("metadata", {}).get("finalizers", [])
+        )
+        await w.sim.settled()
+        assert cluster.kube.get("pods", "clash", namespace=NS) is not None
+        kept = cluster.kube.get("persistentvolumeclaims", "clash", namespace=NS)
+        assert kept is not None
+        assert kept["spec"]["volumeName"] == foreign_pv
+        assert (w.sim.backing(foreign_pv) / "precious.db").read_text() == "someone else's data"
+        left = cluster.kube.get("persistentvolumeclaims", "data", namespace="app")
+        assert left is not None
+        assert left["status"]["phase"] == "Pending"
+
+
+REFUSED = {
+    "create-restore-pvc": ("POST", r"/namespaces/velero/persistentvolumeclaims$"),
+    "create-restore-pod": ("POST", r"/namespaces/velero/pods$"),
+    "name-the-pv-on-the-target": ("PATCH", r"/namespaces/app/persistentvolumeclaims/data$"),
+    "retain-the-pv": ("PATCH", r"/persistentvolumes/[^/]+$"),
+}
+
+
+@pytest.mark.parametrize("step", list(REFUSED))
+async def test_a_request_the_api_server_keeps_refusing(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path, step: str
+) -> None:
+    """A missing grant or an admission policy refuses one of the flow's requests (403) every time: the
+    DataDownload fails after a few attempts quoting the refusal, rather than waiting out a timeout with
+    only log lines; once the refusals stop, the cleanup leaves nothing behind."""
+    snapshot_id, _ = tiny_snapshot
+    method, path = REFUSED[step]
+    async with world(cluster, tmp_path, nodes=["node-a"]) as w:
+        cluster.kube.fail_next(method, path, 403, reason="Forbidden", count=3)
+        restore = start_restore(
+            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
+        )
+        start_workload(cluster.kube, restore)
+        done = await wait_done(cluster, restore, timeout=60)
+        assert done["status"]["phase"] == "Failed", done["status"]
+        assert "the Kubernetes API refused a request 3 times" in done["status"]["message"]
+        assert "HTTP 403" in done["status"]["message"]
+        assert "daemonset/rbac.yaml" in done["status"]["message"]
+        await wait_released(cluster, restore, timeout=60)
+        await w.sim.settled()
+        assert_nothing_left(cluster, restore)
+
+
+@pytest.mark.parametrize(("held", "end"), [('"Prepared"', "cancel"), ('"InProgress"', "delete")])
+async def test_the_owning_node_is_gone(
+    cluster: Cluster,
+    tree_snapshot: tuple[str, Path],
+    proxy: FaultyProxy,
+    slow_bsl: str,
+    tmp_path: Path,
+    held: str,
+    end: str,
+) -> None:
+    """The agent of the node holding the DataDownload (status.node) dies for good; Velero then cancels or
+    deletes it. Prepared: another agent ends it at once; InProgress: after FERRY_ORPHAN_GRACE."""
+    snapshot_id, _ = tree_snapshot
+    proxy.stall_ranged = True
+    async with world(cluster, tmp_path, agents=["node-a", "node-b"], orphan_grace_s=0.5) as w:
+        hold = cluster.kube.hold_after("PATCH", r"/datadownloads/[^/]+$", held)
+        async with killable_agent(w.settings("node-c", orphan_grace_s=0.5)) as owner:
+            restore = start_restore(
+                cluster.kube,
+                snapshot_id=snapshot_id,
+                snapshot_size=1,
+                namespace="app",
+                pvc="data",
+                storage_class="wffc",
+                bsl=slow_bsl,
+            )
+            start_workload(cluster.kube, restore, node="node-c")
+            async with asyncio.timeout(30):
+                await hold.reached.wait()
+            await owner.kill()
+        hold.release()
+        proxy.stall_ranged = False
+        proxy.released.set()
+        if end == "delete":
+            cluster.kube.delete("datadownloads", restore.datadownload, namespace=NS)
+            await cluster.kube.wait_gone("datadownloads", restore.datadownload, NS, timeout=30)
+        else:
+            cancel(cluster, restore.datadownload)
+            done = await wait_done(cluster, restore, timeout=30)
+            assert done["status"]["phase"] == "Canceled"
+            await wait_released(cluster, restore)
+        await w.sim.settled()
+        assert_nothing_left(cluster, restore)
+
+
+async def test_the_acceptor_is_gone_before_it_exposed_anything(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The agent that accepted dies for good before exposing anything. As with Velero's own mover, no other
+    agent takes the exposing over (each would have to poll every Accepted object); the prepare timeout ends
+    it, naming the agent it waited for, and nothing is left behind."""
+    snapshot_id, _ = tiny_snapshot
+    async with world(cluster, tmp_path, agents=[]) as w:
+        hold = cluster.kube.hold_after("PATCH", r"/datadownloads/[^/]+$", r'"Accepted"')
+        async with killable_agent(w.settings("node-a")) as acceptor:
+            restore = start_restore(
+                cluster.kube,
+                snapshot_id=snapshot_id,
+                snapshot_size=18,
+                namespace="app",
+                pvc="data",
+                storage_class="wffc",
+            )
+            async with asyncio.timeout(30):
+                await hold.reached.wait()
+            await acceptor.kill()
+        hold.release()
+        start_workload(cluster.kube, restore)
+        async with AsyncExitStack() as others:
+            for node in ("node-b", "node-c"):
+                await others.enter_async_context(running_agent(w.settings(node, prepare_timeout_s=1.0)))
+            done = await wait_done(cluster, restore, timeout=30)
+            assert done["status"]["phase"] == "Failed"
+            assert "the prepare timeout" in done["status"]["message"]
+            assert "the Ferry agent on node node-a to expose the volume" in done["status"]["message"]
+            await wait_released(cluster, restore)
+            await w.sim.settled()
+            assert_nothing_left(cluster, restore)
+
+
+async def test_the_restore_pod_dies_after_prepared(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The restore pod fails while its agent is away: on its return the agent fails the DataDownload naming
+    the pod's failure, instead of waiting out operationTimeout for a volume that will not come back."""
+    snapshot_id, _ = tiny_snapshot
+    async with world(cluster, tmp_path, nodes=["node-a"], agents=[]) as w:
+        hold = cluster.kube.hold_after("PATCH", r"/datadownloads/[^/]+$", r'"Prepared"')
+        restore = start_restore(
+            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
+        )
+        start_workload(cluster.kube, restore)
+        async with killable_agent(w.settings("node-a")) as first:
+            async with asyncio.timeout(30):
+                await hold.reached.wait()
+            await first.kill()
+        hold.release()
+        w.sim.fail_pod(NS, restore.datadownload, "OOMKilled")
+        async with killable_agent(w.settings("node-a")):
+            done = await wait_done(cluster, restore, timeout=30)
+            assert done["status"]["phase"] == "Failed"
+            assert "is Failed on node node-a: OOMKilled" in done["status"]["message"]
+            await wait_released(cluster, restore)
+            await w.sim.settled()
+            assert_nothing_left(cluster, restore)
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        None,
+        ("PATCH", r"/persistentvolumes/[^/]+$", r'"Retain"'),
+        ("PATCH", r"/namespaces/app/persistentvolumeclaims/data$", None),
+        ("PATCH", r"/persistentvolumes/[^/]+$", r'"claimRef"'),
+    ],
+    ids=["mid-transfer", "pv-retained", "target-named", "pv-claimed"],
+)
+async def test_the_target_pvc_is_deleted(
+    cluster: Cluster,
+    tree_snapshot: tuple[str, Path],
+    proxy: FaultyProxy,
+    slow_bsl: str,
+    tmp_path: Path,
+    held: tuple[str, str, str | None] | None,
+) -> None:
+    """The application's PVC is deleted while its volume is restored or handed over: Failed, and the
+    restored PV goes with everything else (no one will ever claim it)."""
+    snapshot_id, _ = tree_snapshot
+    async with world(cluster, tmp_path) as w:
+        hold = cluster.kube.hold_after(*held) if held else None
+        proxy.stall_ranged = hold is None
+        restore = start_restore(
+            cluster.kube,
+            snapshot_id=snapshot_id,
+            snapshot_size=1,
+            namespace="app",
+            pvc="data",
+            storage_class="immediate",
+            bsl=slow_bsl,
+        )
+        if hold is None:
+            await cluster.wait_phase(restore.datadownload, "InProgress", timeout=30)
+        else:
+            async with asyncio.timeout(30):
+                await hold.reached.wait()
+        cluster.kube.delete("persistentvolumeclaims", "data", namespace="app")
+        await cluster.kube.wait_gone("persistentvolumeclaims", "data", "app")
+        if hold is not None:
+            hold.release()
+        proxy.stall_ranged = False
+        proxy.released.set()
+        done = await wait_done(cluster, restore)
+        assert done["status"]["phase"] == "Failed", done["status"]
+        await wait_released(cluster, restore)
+        await w.sim.settled()
+        assert_nothing_left(cluster, restore)

@@ -4,9 +4,10 @@ Lifecycle of a DataDownload as Velero creates it (``me`` is this node; Velero's 
 reference: ``pkg/controller/data_download_controller.go`` and ``pkg/exposer/generic_restore.go``):
 
     New        ─(any agent; a lost race is fine)→ Accepted (annotation ferry.dev/accepted-by=me, finalizer)
-    Accepted   acceptor: expose (restore PVC + restore pod, ``agent.expose.exposer``);
-               the agent where the restore pod runs with its volume → Prepared(node=me);
-               any agent: a pod that can never run, or the prepare timeout → Failed
+    Accepted   acceptor: expose (restore PVC + restore pod, ``agent.expose.exposer``), watch the pod (one
+               that can never run → Failed), name its node (annotation ferry.dev/restore-node);
+               that node's agent, once the volume is mounted → Prepared(node=me);
+               any agent: the prepare timeout → Failed
     Prepared   (node=me) ─(volume found, load limit free)→ InProgress(startTimestamp) → data restored
     InProgress (node=me, data restored: annotation ferry.dev/restored-pv) → hand the PV to the target PVC
                (``agent.expose.rebind``) → Completed (finalizer removed in the same write)
@@ -17,6 +18,9 @@ reference: ``pkg/controller/data_download_controller.go`` and ``pkg/exposer/gene
     spec.cancel: New/Accepted/Prepared → Canceled; InProgress → Canceling → (pipeline stopped) → Canceled;
                during the hand-over only until the target PVC names the PV
     operationTimeout: bounds a transfer making no progress, and the hand-over → Failed
+    another node's agent gone: any agent ends what it held once canceled or deleted (Prepared at once,
+               InProgress/Canceling after orphan_grace_s)
+    the API server refusing a step 3 times (403, 400, 422) → Failed, quoting the refusal
 
 Hand-written DataDownloads with ``dataMoverConfig`` ``ferry.inPlace: "true"`` skip exposing and handing
 over: an agent claims them only where the target PVC is mounted by a running pod, and restores into it.
@@ -24,8 +28,10 @@ over: an agent claims them only where the target PVC is mounted by a running pod
 Objects whose ``spec.datamover`` is not ours are never written. Workers decide from the latest watched
 state, which may lag the server; that is safe because every write is conditional (resourceVersion
 precondition, change recomputed on the fresh object), every step of exposing and handing over is
-idempotent, and a worker that stops early is started again by the next event. Only monotone facts
-(cancel requested, deleted, a terminal phase) stop a running restore.
+idempotent, and a worker that stops early is started again by the next event. A write's answer replaces
+the watched state only if the watch delivered nothing meanwhile (resourceVersions cannot be ordered, and
+a cancel may have overtaken it). Only monotone facts (cancel requested, deleted, a terminal phase) stop
+a running restore.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import logging
 import math
 import random
 import tempfile
+import time
 from collections.abc import Callable
 
 from agent.aio.waiting import sleep_until
@@ -67,14 +74,17 @@ from agent.velero.objects import (
     PREPARED,
     REBIND_STARTED,
     RECLAIM_POLICY,
+    RESTORE_NODE,
     RESTORED_PV,
     TERMINAL,
     DataDownload,
 )
-from agent.velero.statuses import StatusWriter
+from agent.velero.statuses import Change, MetadataChange, StatusWriter
 
 log = logging.getLogger(__name__)
 
+REFUSALS_TO_FAIL = 3
+"""Consecutive refusals of a step (403, 400, 422) after which the DataDownload fails naming the error."""
 SLOT_WAIT_S = 3600.0
 """A queued worker re-checks this rarely on its own: its turn, a cancel or a change wake it."""
 
@@ -98,6 +108,14 @@ class DataDownloadController:
         self.locations: LocationResolver | None = None
         self._latest: dict[str, DataDownload | None] = {}
         self._wake: dict[str, asyncio.Event] = {}
+        self._deliveries: dict[str, int] = {}
+        self._waiting: dict[str, str] = {}
+        self._stopping_seen: dict[str, float] = {}
+        """Per name, when this agent first saw another node's DataDownload canceled or deleted (monotonic)."""
+        """Per name, what the last look found it waiting for (the timeout messages say it)."""
+        self._errors: dict[str, str] = {}
+        """Per name, the Kubernetes API error of the last step that failed ("" once a step succeeds)."""
+        """Per name, how many times the watch delivered it (tells ``write`` whether it was overtaken)."""
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
 
@@ -152,6 +170,7 @@ class DataDownloadController:
 
     def _deliver(self, name: str, obj: Obj | None) -> None:
         dd = DataDownload.from_obj(obj) if obj is not None else None
+        self._deliveries[name] = self._deliveries.get(name, 0) + 1
         if name not in self._workers and (dd is None or not self._wants(dd)):
             self._latest.pop(name, None)
             return
@@ -178,9 +197,25 @@ class DataDownloadController:
     def latest(self, name: str) -> DataDownload | None:
         return self._latest.get(name)
 
-    def remember(self, dd: DataDownload) -> None:
-        """Our own write's result: the freshest state we know until the watch says more."""
-        self._latest[dd.name] = dd
+    async def write(
+        self, dd: DataDownload, change: Change, metadata: MetadataChange | None = None
+    ) -> DataDownload | None:
+        """A conditional write (``StatusWriter.update``). The newest version the server returned (the write's
+        result, or the re-read that showed the change no longer applies) becomes the state the worker acts
+        on next — unless the watch delivered the object meanwhile: that version may be newer (a cancel
+        that arrived while the write was in flight), and resourceVersions cannot be ordered, so the
+        watched state stays (if it is older, the next conditional write is refused and re-reads)."""
+        assert self.statuses is not None
+        mark = self._deliveries.get(dd.name, 0)
+        seen: list[DataDownload] = []
+        written = await self.statuses.update(dd, change, metadata, observe=seen.append)
+        if seen and self._deliveries.get(dd.name, 0) == mark and dd.name in self._latest:
+            self._latest[dd.name] = seen[-1]
+        return written
+
+    async def write_metadata(self, dd: DataDownload, change: MetadataChange) -> DataDownload | None:
+        """``write`` of metadata alone (annotations, finalizers)."""
+        return await self.write(dd, lambda cur: {} if change(cur) is not None else None, change)
 
     async def _work(self, name: str) -> None:
         wake = self._wake[name]
@@ -195,12 +230,16 @@ class DataDownloadController:
                 try:
                     delay = await self._step(dd, wake)
                     failures = 0
+                    self._errors.pop(name, None)
                 except KubeError as e:
                     failures += 1
+                    self._errors[name] = str(e)
                     delay = min(30.0, 0.5 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
                     log.warning(
                         "Kubernetes API error (%s); retrying in %.1f s", e, delay, extra={"datadownload": dd.key}
                     )
+                    if failures >= REFUSALS_TO_FAIL and e.refusal:
+                        delay = await self._refused(dd, e, failures, delay)
                 except Exception:
                     failures += 1
                     delay = min(300.0, 5.0 * 2**failures)
@@ -215,6 +254,28 @@ class DataDownloadController:
             self._workers.pop(name, None)
             self._latest.pop(name, None)
             self._wake.pop(name, None)
+            self._deliveries.pop(name, None)
+            self._waiting.pop(name, None)
+            self._errors.pop(name, None)
+            self._stopping_seen.pop(name, None)
+
+    async def _refused(self, dd: DataDownload, error: KubeError, attempts: int, delay: float) -> float | None:
+        """The API server refused the same step ``attempts`` times in a row with an error that does not clear by
+        itself (403 Forbidden: a missing grant; 422/400: a request an admission policy or the schema refuses):
+        fail the DataDownload saying so, instead of retrying until some timeout with only a log line. A
+        DataDownload that already ended (its cleanup is what fails) keeps retrying."""
+        if dd.phase in TERMINAL:
+            return delay
+        message = (
+            f"the Kubernetes API refused a request {attempts} times: {error}; check Ferry's RBAC "
+            "(daemonset/rbac.yaml) and the cluster's admission policies"
+        )
+        try:
+            await self.finish(dd, FAILED, message, dd.phase, anyone=True)
+        except KubeError as e:
+            log.warning("could not record the failure either: %s", e, extra={"datadownload": dd.key})
+            return delay
+        return 0.0
 
     # --- decisions -------------------------------------------------------------------------------------
 
@@ -241,7 +302,7 @@ class DataDownloadController:
                 return await self._prepare_in_place(dd)
             return await self._prepare_exposed(dd)
         if dd.node != self.me:
-            return None
+            return await self._orphan(dd) if stopping else None
         if dd.phase in (PREPARED, IN_PROGRESS):
             if dd.restored_pv:
                 return await self._rebind(dd)
@@ -254,13 +315,35 @@ class DataDownloadController:
             return None if dd.in_place else 0.0
         return None
 
+    async def _orphan(self, dd: DataDownload) -> float | None:
+        """Canceled or deleted while another node holds it (``status.node``). Prepared: nothing runs yet, so any
+        agent ends it at once. InProgress or Canceling: that node's agent stops its restore and ends it
+        within moments; if it has not after ``orphan_grace_s`` (measured from when this agent first saw
+        the request), that agent or its node is gone, and any agent ends it (should the restore still be
+        running there, its supervisor sees the terminal phase and stops)."""
+        if dd.phase == PREPARED:
+            await self.finish(dd, CANCELED, "canceled before the restore started", PREPARED, anyone=True)
+            return 0.0 if not dd.in_place else None
+        if dd.phase not in (IN_PROGRESS, CANCELING):
+            return None
+        first = self._stopping_seen.setdefault(dd.name, time.monotonic())
+        left = self.settings.orphan_grace_s - (time.monotonic() - first)
+        if left > 0:
+            return left
+        message = (
+            f"canceled; the Ferry agent on node {dd.node} did not stop the restore within "
+            f"{self.settings.orphan_grace_s:g} s (FERRY_ORPHAN_GRACE): is it running?"
+        )
+        await self.finish(dd, CANCELED, message, IN_PROGRESS, CANCELING, anyone=True)
+        return 0.0 if not dd.in_place else None
+
     def timeout_s(self, dd: DataDownload) -> float:
         seconds = parse_duration(dd.operation_timeout, "spec.operationTimeout") if dd.operation_timeout else 0
         return seconds if seconds > 0 else math.inf
 
     def exposure(self, dd: DataDownload) -> Exposure:
         """Where the restore PVC and pod of ``dd`` are (named after it, in its namespace), and its target."""
-        return Exposure(dd.namespace, dd.name, dd.target_namespace, dd.target_pvc)
+        return Exposure(dd.namespace, dd.name, dd.target_namespace, dd.target_pvc, dd.uid)
 
     async def _find(self, dd: DataDownload, *phases: str) -> Volume | float | None:
         """The volume if usable here; else seconds to wait for it, or None once the DataDownload was
@@ -274,6 +357,13 @@ class DataDownloadController:
             return None
         if volume is not None:
             return volume
+        if not dd.in_place:  # the restore pod holds the volume here: one that died or went never brings it back
+            where = self.exposure(dd)
+            pod = await self.exposer.pod(where)
+            problem = pod.problem or ("" if pod.exists else f"restore pod {where.restore} was deleted")
+            if problem:
+                await self.finish(dd, FAILED, f"{problem}; the restore cannot go on without it", *phases)
+                return None
         base = dd.accepted_at or dd.created
         waited = (now() - base).total_seconds() if base else 0.0
         if waited >= timeout:
@@ -323,11 +413,13 @@ class DataDownloadController:
                 fields["finalizers"] = [*cur.finalizers, FINALIZER]
             return fields
 
-        accepted = await self.statuses.update(dd, status, metadata)
+        accepted = await self.write(dd, status, metadata)
         if accepted is None or accepted.phase != ACCEPTED:
-            log.info("another agent claimed it first", extra={"datadownload": dd.key})
-            return None
-        self.remember(accepted)
+            log.info(
+                "not claimed: it changed meanwhile (another agent claimed it, or it was canceled)",
+                extra={"datadownload": dd.key},
+            )
+            return 0.0
         log.info(
             "accepted",
             extra={"datadownload": dd.key, "volume": found.describe() if found else self.exposure(dd).target},
@@ -353,7 +445,7 @@ class DataDownloadController:
 
     async def _write_prepared(self, dd: DataDownload) -> float | None:
         assert self.statuses is not None
-        prepared = await self.statuses.update(
+        prepared = await self.write(
             dd,
             lambda cur: (
                 {"phase": PREPARED, "node": self.me}
@@ -365,14 +457,16 @@ class DataDownloadController:
         )
         if prepared is None:
             return 0.0
-        self.remember(prepared)
         await self.events.record(prepared.ref(), "Prepared", f"the restore volume is mounted on node {self.me}")
         return 0.0
 
     async def _prepare_exposed(self, dd: DataDownload) -> float | None:
-        """Accepted, restoring into a new volume: the acceptor exposes it (restore PVC and pod); the agent on
-        the node where the restore pod runs with its volume writes Prepared; any agent fails it once the
-        prepare timeout has passed or the pod can never run."""
+        """Accepted, restoring into a new volume. The acceptor exposes it (restore PVC and pod), watches the pod
+        (a pod that can never run fails it) and, once the pod is scheduled, names its node on the object
+        (annotation ``ferry.dev/restore-node``); that node's agent, told by the watch, writes Prepared once
+        the kubelet has mounted the volume. Other agents make no API calls for it: they only fail it when
+        the prepare timeout passes (checked first, so that failing API calls cannot hold it off) — also
+        what ends a restore whose acceptor died, as with Velero's own mover."""
         where = self.exposure(dd)
         if dd.cancel or dd.deleting:
             await self.finish(dd, CANCELED, "canceled before the restore started", ACCEPTED, anyone=True)
@@ -380,71 +474,76 @@ class DataDownloadController:
         since = dd.accepted_at or dd.created
         waited = (now() - since).total_seconds() if since else 0.0
         left = self.settings.prepare_timeout_s - waited
-        waiting_for = ""
-        if dd.accepted_by == self.me:
-            if not self.template.image:
-                await self.finish(
-                    dd,
-                    FAILED,
-                    "no image for restore pods: set FERRY_POD_IMAGE, or FERRY_POD_NAME from the downward API so "
-                    "restore pods run the agent's own image",
-                    ACCEPTED,
-                )
-                return 0.0
-            try:
-                exposed = await self.exposer.expose(where, self.owner(dd))
-            except VolumeError as e:
-                await self.finish(dd, FAILED, f"cannot restore into PVC {where.target}: {e}", ACCEPTED, anyone=True)
-                return 0.0
-            if isinstance(exposed, Waiting):
-                waiting_for = exposed.reason
-        pod = await self.exposer.pod(where)
-        if pod.problem:
-            await self.finish(
-                dd,
-                FAILED,
-                f"{pod.problem}; see `kubectl -n {dd.namespace} describe pod {dd.name}`",
-                ACCEPTED,
-                anyone=True,
-            )
-            return 0.0
-        if pod.unschedulable:
-            stuck = (now() - pod.unschedulable_since).total_seconds() if pod.unschedulable_since else 0.0
-            if stuck >= self.settings.unschedulable_grace_s:
-                await self.finish(
-                    dd,
-                    FAILED,
-                    f"restore pod {where.restore} cannot be scheduled: {pod.unschedulable}",
-                    ACCEPTED,
-                )
-                return 0.0
-            waiting_for = f"restore pod {where.restore} to be scheduled ({pod.unschedulable})"
-        if pod.running and pod.node == self.me:
-            volume = await self.volumes.find((dd.namespace, dd.name))
-            if volume is not None:
-                return await self._write_prepared(dd)
         if left <= 0:
-            if waiting_for:
-                what = waiting_for
-            elif pod.running:
-                what = (
-                    f"the Ferry agent on node {pod.node}, where restore pod {where.restore} runs, to find its volume "
-                    "(is Ferry's DaemonSet running on that node?)"
-                )
-            elif pod.exists:
-                what = f"restore pod {where.restore} to run with its volume (node {pod.node or 'not chosen yet'})"
-            else:
-                what = f"the Ferry agent on node {dd.accepted_by or '?'} to create restore pod {where.restore}"
             await self.finish(
                 dd,
                 FAILED,
                 f"timed out after {self.settings.prepare_timeout_s:g} s (the prepare timeout, FERRY_PREPARE_TIMEOUT) "
-                f"waiting for {what}",
+                f"waiting for {self._waiting.get(dd.name) or self._default_wait(dd)}{self._last_error(dd.name)}",
                 ACCEPTED,
                 anyone=True,
             )
             return 0.0
-        return min(self.settings.volume_poll_interval_s, left)
+        poll = min(self.settings.volume_poll_interval_s, left)
+        if dd.accepted_by != self.me:
+            if dd.restore_node == self.me and await self.volumes.find((dd.namespace, dd.name)) is not None:
+                return await self._write_prepared(dd)
+            return poll if dd.restore_node == self.me else left
+        if not self.template.image:
+            message = (
+                "no image for restore pods: set FERRY_POD_IMAGE, or FERRY_POD_NAME from the downward API so "
+                "restore pods run the agent's own image"
+            )
+            await self.finish(dd, FAILED, message, ACCEPTED)
+            return 0.0
+        try:
+            exposed = await self.exposer.expose(where, self.owner(dd))
+        except VolumeError as e:
+            await self.finish(dd, FAILED, f"cannot restore into PVC {where.target}: {e}", ACCEPTED)
+            return 0.0
+        if isinstance(exposed, Waiting):
+            self._waiting[dd.name] = exposed.reason
+            return poll
+        pod = await self.exposer.pod(where)
+        if pod.problem:
+            message = f"{pod.problem}; see `kubectl -n {dd.namespace} describe pod {dd.name}`"
+            await self.finish(dd, FAILED, message, ACCEPTED)
+            return 0.0
+        if pod.unschedulable:
+            stuck = (now() - pod.unschedulable_since).total_seconds() if pod.unschedulable_since else 0.0
+            if stuck >= self.settings.unschedulable_grace_s:
+                message = f"restore pod {where.restore} cannot be scheduled: {pod.unschedulable}"
+                await self.finish(dd, FAILED, message, ACCEPTED)
+                return 0.0
+            self._waiting[dd.name] = f"restore pod {where.restore} to be scheduled ({pod.unschedulable})"
+            return poll
+        if pod.node and dd.restore_node != pod.node:
+            await self.write_metadata(
+                dd, lambda cur: {"annotations": {RESTORE_NODE: pod.node}} if cur.phase == ACCEPTED else None
+            )
+            return 0.0
+        if pod.running and pod.node == self.me and await self.volumes.find((dd.namespace, dd.name)) is not None:
+            return await self._write_prepared(dd)
+        self._waiting[dd.name] = self._default_wait(dd, pod.exists, pod.running)
+        return poll
+
+    def _default_wait(self, dd: DataDownload, exists: bool = True, running: bool = False) -> str:
+        """What an Accepted DataDownload waits for, as far as its annotations (and the pod) tell."""
+        restore = f"{dd.namespace}/{dd.name}"
+        if dd.restore_node and (running or dd.accepted_by != self.me):
+            return (
+                f"the Ferry agent on node {dd.restore_node}, where restore pod {restore} runs, to find its volume "
+                "(is Ferry's DaemonSet running on that node?)"
+            )
+        if dd.restore_node:
+            return f"restore pod {restore} to run with its volume on node {dd.restore_node}"
+        if exists and dd.accepted_by == self.me:
+            return f"restore pod {restore} to be scheduled"
+        return f"the Ferry agent on node {dd.accepted_by or '?'} to expose the volume (restore pod {restore})"
+
+    def _last_error(self, name: str) -> str:
+        error = self._errors.get(name)
+        return f" (the last Kubernetes API error: {error})" if error else ""
 
     def owner(self, dd: DataDownload) -> Owner:
         return Owner(API_VERSION, "DataDownload", dd.name, dd.uid)
@@ -480,7 +579,7 @@ class DataDownloadController:
             raise VolumeError(f"restore PVC {self.exposure(dd).restore} is not bound after the restore")
         assert self.statuses is not None
         stamp = timestamp(now())
-        written = await self.statuses.update(
+        written = await self.write(
             dd,
             lambda cur: {"progress": full} if cur.phase == IN_PROGRESS and cur.node == self.me else None,
             lambda cur: {
@@ -488,15 +587,29 @@ class DataDownloadController:
             },
         )
         if written is not None:
-            self.remember(written)
             log.info("data restored; handing the volume over", extra={"datadownload": dd.key, "pv": record.pv})
 
     async def _rebind(self, dd: DataDownload) -> float | None:
         """Hand the restored PV to the target PVC (``agent.expose.rebind``), then Completed. A cancel (or a
-        deletion) is honoured until the target PVC names the PV; after that the volume is the application's."""
+        deletion) is honoured until the target PVC names the PV; after that the volume is the application's.
+        ``spec.operationTimeout`` from the start of the hand-over bounds it (checked first, so that failing
+        API calls cannot hold it off)."""
         where = self.exposure(dd)
         record = Record(dd.restored_pv, dd.annotations.get(RECLAIM_POLICY, "Delete"))
         full = {"totalBytes": dd.total_bytes, "bytesDone": dd.total_bytes}
+        started = parse_time(dd.annotations.get(REBIND_STARTED))
+        waited = (now() - started).total_seconds() if started else 0.0
+        limit = self.timeout_s(dd)
+        if waited >= limit:
+            what = self._waiting.get(dd.name) or "the cluster"
+            await self.finish(
+                dd,
+                FAILED,
+                f"restored, but timed out after {dd.operation_timeout} (spec.operationTimeout) handing PV "
+                f"{record.pv} to PVC {where.target}: still waiting for {what}{self._last_error(dd.name)}",
+                dd.phase,
+            )
+            return 0.0
 
         def stopping() -> bool:
             cur = self.latest(dd.name)
@@ -516,45 +629,40 @@ class DataDownloadController:
             note = "completed; the cancel came after the volume was handed to the PVC" if stopping() else ""
             await self.finish(cur, COMPLETED, note, dd.phase, progress=lambda _: full, release=True)
             return 0.0
-        started = parse_time(dd.annotations.get(REBIND_STARTED))
-        waited = (now() - started).total_seconds() if started else 0.0
-        limit = self.timeout_s(dd)
-        if waited >= limit:
-            await self.finish(
-                dd,
-                FAILED,
-                f"restored, but timed out after {dd.operation_timeout} (spec.operationTimeout) handing PV "
-                f"{record.pv} to PVC {where.target}: still waiting for {result.reason}",
-                dd.phase,
-            )
-            return 0.0
+        self._waiting[dd.name] = result.reason
         return 0.0 if result.acted else min(self.settings.volume_poll_interval_s, limit - waited)
 
     async def _clean_up(self, dd: DataDownload) -> float | None:
         """A DataDownload that ended (or is being deleted) with our finalizer: delete its restore pod and PVC,
-        and the restored PV unless the target PVC already names it (then it holds the application's data
-        and gets its reclaim policy back); then remove the finalizer."""
+        and the restored PV — unless the target PVC already names it: then the PV holds the application's
+        data, and the hand-over is finished instead (claimRef, labels, Bound, reclaim policy), since a PV
+        left with the restore PVC's claim would be released and deleted. Then remove the finalizer."""
         where = self.exposure(dd)
         keep = ""
         if dd.restored_pv:
             record = Record(dd.restored_pv, dd.annotations.get(RECLAIM_POLICY, "Delete"))
             if await self.rebinder.handed_over(where, record):
                 keep = record.pv
-                await self.rebinder.restore_policy(record)
+                try:
+                    finished = await self.rebinder.advance(where, record, lambda: True)
+                except VolumeError as e:
+                    log.warning("cannot finish handing the volume over: %s", e, extra={"datadownload": dd.key})
+                    finished = Done()  # the PV or the PVC is gone: nothing of ours is left to keep
+                if not isinstance(finished, Done):
+                    return 0.0 if finished.acted else self.settings.volume_poll_interval_s
         left = await self.exposer.clean_up(where, keep_pv=keep)  # idempotent: any agent may run it
         if not left and dd.restored_pv and not keep:
             await self.exposer.discard_pv(dd.restored_pv, delete=True)
         if left:
             return self.settings.volume_poll_interval_s
         assert self.statuses is not None
-        done = await self.statuses.update_metadata(
+        done = await self.write_metadata(
             dd,
             lambda cur: (
                 {"finalizers": [f for f in cur.finalizers if f != FINALIZER]} if FINALIZER in cur.finalizers else None
             ),
         )
         if done is not None:
-            self.remember(done)
             log.info("cleaned up", extra={"datadownload": dd.key})
         return None
 
@@ -592,10 +700,9 @@ class DataDownloadController:
                 {"finalizers": [f for f in cur.finalizers if f != FINALIZER]} if FINALIZER in cur.finalizers else None
             )
 
-        written = await self.statuses.update(dd, change, metadata if release else None)
+        written = await self.write(dd, change, metadata if release else None)
         if written is None:
             return None
-        self.remember(written)
         self.metrics.finished.labels(phase).inc()
         level = logging.INFO if phase != FAILED else logging.WARNING
         log.log(

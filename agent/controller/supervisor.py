@@ -43,7 +43,7 @@ from agent.velero.objects import (
     DataDownload,
     Obj,
 )
-from agent.velero.statuses import StatusWriter
+from agent.velero.statuses import Change, MetadataChange, StatusWriter
 from agent.velero.tuning import KNOWN_KEYS, restore_settings_for
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,9 @@ class Host(Protocol):
 
     def latest(self, name: str) -> DataDownload | None: ...
 
-    def remember(self, dd: DataDownload) -> None: ...
+    async def write(
+        self, dd: DataDownload, change: Change, metadata: MetadataChange | None = None
+    ) -> DataDownload | None: ...
 
     def timeout_s(self, dd: DataDownload) -> float: ...
 
@@ -99,7 +101,7 @@ async def run(ctl: Host, dd: DataDownload, volume: Volume, wake: asyncio.Event) 
     restarted = dd.phase == IN_PROGRESS
     stamp = timestamp(now())
     message = f"restarted on node {ctl.me} after an interruption" if restarted else ""
-    started = await ctl.statuses.update(
+    started = await ctl.write(
         dd,
         lambda cur: (
             {"phase": IN_PROGRESS, "startTimestamp": cur.started or stamp, "node": ctl.me, "message": message}
@@ -109,7 +111,6 @@ async def run(ctl: Host, dd: DataDownload, volume: Volume, wake: asyncio.Event) 
     )
     if started is None:
         return
-    ctl.remember(started)
     if unknown:
         await ctl.events.record(
             started.ref(),
@@ -181,11 +182,9 @@ async def _canceling(ctl: Host, dd: DataDownload) -> None:
     assert ctl.statuses is not None
     ctl.metrics.restores.labels(CANCELING).inc()
     try:
-        written = await ctl.statuses.update(
+        await ctl.write(
             dd, lambda cur: {"phase": CANCELING} if cur.phase == IN_PROGRESS and cur.node == ctl.me else None
         )
-        if written is not None:
-            ctl.remember(written)
     except KubeError as e:
         log.warning("could not record Canceling: %s", e, extra={"datadownload": dd.key})
     finally:
@@ -229,7 +228,7 @@ async def _conclude(
                 del fields["progress"]  # the restore stopped before it knew its size
             return fields if fields is None else {"message": message, **fields}
 
-        written = await ctl.statuses.update(dd, interrupted)
+        written = await ctl.write(dd, interrupted)
         ctl.metrics.finished.labels("Interrupted").inc()
         log.info("interrupted by shutdown", extra={"datadownload": dd.key, "bytesDone": done})
         if written is not None:
@@ -260,10 +259,8 @@ async def _report(ctl: Host, dd: DataDownload, progress: ProgressTracker) -> Non
         figures = (progress.reported(), progress.total)
         if figures != written:
             try:
-                result = await ctl.statuses.update(ctl.latest(dd.name) or dd, _progress_change(ctl.me, *figures))
+                await ctl.write(ctl.latest(dd.name) or dd, _progress_change(ctl.me, *figures))
                 written = figures
-                if result is not None:
-                    ctl.remember(result)
             except KubeError as e:
                 log.warning("could not write progress: %s", e, extra={"datadownload": dd.key})
         await asyncio.sleep(ctl.settings.progress_interval_s)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,12 +71,14 @@ class PodTemplate:
 
 @dataclass(frozen=True)
 class Exposure:
-    """Where a restore is exposed: the restore PVC and pod (``namespace``/``name``) and the target."""
+    """Where a restore is exposed: the restore PVC and pod (``namespace``/``name``, owned by the object of
+    uid ``owner_uid``) and the target PVC."""
 
     namespace: str
     name: str
     target_namespace: str
     target_pvc: str
+    owner_uid: str
 
     @property
     def target(self) -> str:
@@ -115,6 +118,13 @@ class PodState:
 
 def _labels(obj: Obj) -> dict[str, str]:
     return dict((obj.get("metadata") or {}).get("labels") or {})
+
+
+def owned(obj: Obj, uid: str) -> bool:
+    """Whether ``obj`` names the object of ``uid`` among its ownerReferences: only such a restore pod or PVC
+    is ours to use or delete (one of the same name made by someone else is left alone)."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(isinstance(ref, dict) and ref.get("uid") == uid for ref in refs)
 
 
 def claim_is_bound(pvc: Obj) -> bool:
@@ -178,15 +188,31 @@ class RestoreExposer:
                 key: spec[key] for key in ("accessModes", "storageClassName", "volumeMode", "resources") if key in spec
             },
         }
-        await self._create(self._kube.create_pvc(where.namespace, restore_pvc))
+        await self._create(where, "PersistentVolumeClaim", self._kube.create_pvc(where.namespace, restore_pvc))
         block = spec.get("volumeMode") == "Block"
-        await self._create(self._kube.create_pod(where.namespace, self._pod(where, owner_ref, block, selected)))
+        pod = self._pod(where, owner_ref, block, selected)
+        await self._create(where, "Pod", self._kube.create_pod(where.namespace, pod))
         return Exposed(selected)
 
-    @staticmethod
-    async def _create(request: Any) -> None:
-        with contextlib.suppress(KubeConflict):  # AlreadyExists: an earlier attempt (before a restart) made it
+    async def _create(self, where: Exposure, kind: str, request: Coroutine[Any, Any, Obj]) -> None:
+        """Create; one that already exists is fine if it is ours (an earlier attempt, before a restart, made
+        it). Raises VolumeError when an object of that name belongs to someone else."""
+        try:
             await request
+        except KubeConflict:
+            pass
+        else:
+            return
+        get = self._kube.get_pvc if kind == "PersistentVolumeClaim" else self._kube.get_pod
+        try:
+            found = await get(where.namespace, where.name)
+        except KubeNotFound:
+            raise VolumeError(f"{kind} {where.restore} was deleted as Ferry created it; trying again") from None
+        if not owned(found, where.owner_uid):
+            raise VolumeError(
+                f"{kind} {where.restore} already exists and was not made for this restore (Ferry names its "
+                f"restore {kind} after the DataDownload); delete or rename it"
+            )
 
     def _pod(self, where: Exposure, owner_ref: Obj, block: bool, node: str) -> Obj:
         t = self._template
@@ -251,19 +277,22 @@ class RestoreExposer:
 
     async def clean_up(self, where: Exposure, keep_pv: str = "") -> list[str]:
         """Delete the restore pod, and the restore PVC with its PV (reclaim policy set to Delete first, so
-        the provisioner deletes the volume) unless that PV is ``keep_pv``. Returns what is still going away
-        (empty once nothing is left). Idempotent."""
+        the provisioner deletes the volume) unless that PV is ``keep_pv``; objects of those names that are
+        not ours are left alone. Returns what is still going away (empty once nothing is left). Idempotent."""
         left: list[str] = []
         try:
             pod = await self._kube.get_pod(where.namespace, where.name)
-            if not (pod.get("metadata") or {}).get("deletionTimestamp"):
-                await self._kube.delete_pod(where.namespace, where.name)
-            left.append(f"pod {where.restore}")
+            if owned(pod, where.owner_uid):
+                if not (pod.get("metadata") or {}).get("deletionTimestamp"):
+                    await self._kube.delete_pod(where.namespace, where.name)
+                left.append(f"pod {where.restore}")
         except KubeNotFound:
             pass
         try:
             pvc = await self._kube.get_pvc(where.namespace, where.name)
         except KubeNotFound:
+            return left
+        if not owned(pvc, where.owner_uid):
             return left
         pv = str((pvc.get("spec") or {}).get("volumeName") or "")
         if pv and pv != keep_pv:

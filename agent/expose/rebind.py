@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.errors import KubeNotFound, VolumeError
-from agent.expose.exposer import Exposure
+from agent.expose.exposer import Exposure, owned
 from agent.kube.api import Kube, Obj
 
 BIND_COMPLETED = "pv.kubernetes.io/bind-completed"
@@ -67,20 +67,13 @@ class Rebinder:
             pvc = await self._kube.get_pvc(where.namespace, where.name)
         except KubeNotFound:
             raise VolumeError(f"restore PVC {where.restore} is gone before its volume was handed over") from None
+        if not owned(pvc, where.owner_uid):
+            raise VolumeError(f"PVC {where.restore} is not the restore PVC Ferry made for this restore")
         pv_name = str((pvc.get("spec") or {}).get("volumeName") or "")
         if not pv_name or (pvc.get("status") or {}).get("phase") != "Bound":
             return Pending(f"restore PVC {where.restore} to be bound")
         pv = await self._kube.get_pv(pv_name)
         return Record(pv_name, str((pv.get("spec") or {}).get("persistentVolumeReclaimPolicy") or "Delete"))
-
-    async def restore_policy(self, record: Record) -> None:
-        """Step 7 alone (for a cleanup after the hand-over): the PV's original reclaim policy, if it exists."""
-        try:
-            pv = await self._kube.get_pv(record.pv)
-        except KubeNotFound:
-            return
-        if (pv.get("spec") or {}).get("persistentVolumeReclaimPolicy") != record.reclaim_policy:
-            await self._kube.patch_pv(record.pv, {"spec": {"persistentVolumeReclaimPolicy": record.reclaim_policy}})
 
     async def handed_over(self, where: Exposure, record: Record) -> bool:
         """Whether step 4 happened: the target PVC names the PV (from then on the rebind cannot be undone;
@@ -117,23 +110,21 @@ class Rebinder:
         if not at_target and pv_spec.get("persistentVolumeReclaimPolicy") != "Retain":
             await kube.patch_pv(record.pv, {"spec": {"persistentVolumeReclaimPolicy": "Retain"}})
             return Pending(f"PV {record.pv} to be retained", acted=True)
-        # 3. The restore pod, then the restore PVC.
-        try:
-            pod = await kube.get_pod(where.namespace, where.name)
-            if not (pod.get("metadata") or {}).get("deletionTimestamp"):
-                await kube.delete_pod(where.namespace, where.name)
-                return Pending(f"restore pod {where.restore} to be gone", acted=True)
-            return Pending(f"restore pod {where.restore} to be gone")
-        except KubeNotFound:
-            pass
-        try:
-            pvc = await kube.get_pvc(where.namespace, where.name)
-            if not (pvc.get("metadata") or {}).get("deletionTimestamp"):
-                await kube.delete_pvc(where.namespace, where.name)
-                return Pending(f"restore PVC {where.restore} to be gone", acted=True)
-            return Pending(f"restore PVC {where.restore} to be gone")
-        except KubeNotFound:
-            pass
+        # 3. The restore pod, then the restore PVC (ours only: another object of that name means ours is gone).
+        for what, get, delete in (
+            ("restore pod", kube.get_pod, kube.delete_pod),
+            ("restore PVC", kube.get_pvc, kube.delete_pvc),
+        ):
+            try:
+                found = await get(where.namespace, where.name)
+            except KubeNotFound:
+                continue
+            if not owned(found, where.owner_uid):
+                continue
+            if (found.get("metadata") or {}).get("deletionTimestamp"):
+                return Pending(f"{what} {where.restore} to be gone")
+            await delete(where.namespace, where.name)
+            return Pending(f"{what} {where.restore} to be gone", acted=True)
         # 4. The target PVC names the PV.
         try:
             target = await kube.get_pvc(where.target_namespace, where.target_pvc)

@@ -32,6 +32,9 @@ ACCEPTED_BY = "ferry.dev/accepted-by"
 1.15 DataDownload CRDs have no ``status.acceptedByNode``, and the API server prunes what a CRD lacks."""
 ACCEPTED_AT = "ferry.dev/accepted-at"
 """Annotation: when it was accepted (RFC 3339); the prepare timeout counts from it."""
+RESTORE_NODE = "ferry.dev/restore-node"
+"""Annotation, written by the acceptor once the restore pod is scheduled: the node whose agent prepares
+it (the watch tells that agent; no other agent polls the pod)."""
 RESTORED_PV = "ferry.dev/restored-pv"
 """Annotation, written once the data is complete: the PV holding it, being handed to the target PVC."""
 RECLAIM_POLICY = "ferry.dev/reclaim-policy"
@@ -91,6 +94,10 @@ class DataDownload:
     def in_place(self) -> bool:
         """Whether it asks to restore into an already mounted target PVC (``ferry.inPlace``)."""
         return self.config.get(IN_PLACE_KEY, "").strip().lower() in ("1", "true", "yes", "on")
+
+    @property
+    def restore_node(self) -> str:
+        return self.annotations.get(RESTORE_NODE, "")
 
     @property
     def restored_pv(self) -> str:

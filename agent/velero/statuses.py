@@ -37,12 +37,18 @@ class StatusWriter:
         self.via_status_subresource = via_status_subresource
 
     async def update(
-        self, dd: DataDownload, change: Change, metadata: MetadataChange | None = None
+        self,
+        dd: DataDownload,
+        change: Change,
+        metadata: MetadataChange | None = None,
+        observe: Callable[[DataDownload], None] | None = None,
     ) -> DataDownload | None:
         """Apply ``change`` to ``dd``'s status, and ``metadata`` (if given) to its metadata, re-reading on
         conflict. Returns the object as written, or None when the change no longer applies or the object
         is gone. With Velero's CRD flavour both go in one write; with a ``/status`` subresource the
-        metadata goes first through the main resource, then the status (recomputed on the result)."""
+        metadata goes first through the main resource, then the status (recomputed on the result).
+        ``observe`` is called with every version of the object the server returns (written or re-read)."""
+        seen = observe or (lambda _: None)
         current = dd
         conflicts = transient = 0
         while True:
@@ -55,13 +61,9 @@ class StatusWriter:
             if not (self.via_status_subresource and meta):
                 patch["status"] = fields
             try:
-                written = await self._kube.patch_datadownload(current.name, patch, status=via_status)
-                if self.via_status_subresource and meta:
-                    current, metadata = DataDownload.from_obj(written), None
-                    if not fields:
-                        return current
-                    continue
-                return DataDownload.from_obj(written)
+                written = DataDownload.from_obj(
+                    await self._kube.patch_datadownload(current.name, patch, status=via_status)
+                )
             except KubeNotFound:
                 return None
             except KubeConflict:
@@ -74,12 +76,16 @@ class StatusWriter:
                 if not e.transient or transient >= MAX_TRANSIENT:
                     raise
                 await asyncio.sleep(random.uniform(0, min(5.0, 0.2 * 2**transient)))  # noqa: S311
+            else:
+                seen(written)
+                if not (self.via_status_subresource and meta):
+                    return written
+                current, metadata = written, None  # the metadata went first; now the status
+                if not fields:
+                    return current
+                continue
             try:
                 current = DataDownload.from_obj(await self._kube.get_datadownload(dd.name))
+                seen(current)
             except KubeNotFound:
                 return None
-
-    async def update_metadata(self, dd: DataDownload, change: MetadataChange) -> DataDownload | None:
-        """Apply ``change`` to ``dd``'s metadata alone (annotations, finalizers), through the main
-        resource, re-reading on conflict. Returns the object as written, or None."""
-        return await self.update(dd, lambda cur: {} if change(cur) is not None else None, change)
