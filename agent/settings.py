@@ -350,8 +350,8 @@ class AgentSettings:
     """Seconds a restore pod may stay unschedulable (a cluster autoscaler may still add a node) before the
     DataDownload fails with the scheduler's reason."""
     orphan_grace_s: float = 60.0
-    """Seconds another node's agent gets to stop a canceled or deleted restore it holds before any agent
-    ends it instead: that agent or its node is gone."""
+    """Seconds another node's agent gets to stop a canceled or deleted restore it holds, or to clean up one
+    that ended, before any agent does it instead: that agent or its node is gone."""
     restore: RestoreSettings = field(default_factory=RestoreSettings)
     """Defaults for every restore; a DataDownload's ``spec.dataMoverConfig`` may override some."""
     repository: RepositorySettings = field(default_factory=RepositorySettings)

@@ -450,7 +450,11 @@ async def test_ended_by_velero_after_the_target_names_the_pv(
         )
         pod = start_workload(cluster.kube, restore)
         async with AsyncExitStack() as stack:
-            owners = [await stack.enter_async_context(killable_agent(w.settings(node))) for node in nodes]
+            grace = 0.5 if agents == "three-agents" else 60.0  # the others take the cleanup over while it is held
+            owners = [
+                await stack.enter_async_context(killable_agent(w.settings(node, orphan_grace_s=grace)))
+                for node in nodes
+            ]
             async with asyncio.timeout(30):
                 await hold.reached.wait()
             if agents == "killed-owner":
@@ -675,7 +679,9 @@ async def test_the_acceptor_is_gone_before_it_exposed_anything(
         start_workload(cluster.kube, restore)
         async with AsyncExitStack() as others:
             for node in ("node-b", "node-c"):
-                await others.enter_async_context(running_agent(w.settings(node, prepare_timeout_s=1.0)))
+                await others.enter_async_context(
+                    running_agent(w.settings(node, prepare_timeout_s=1.0, orphan_grace_s=0.5))
+                )
             done = await wait_done(cluster, restore, timeout=30)
             assert done["status"]["phase"] == "Failed"
             assert "the prepare timeout" in done["status"]["message"]
@@ -761,3 +767,80 @@ async def test_the_target_pvc_is_deleted(
         await wait_released(cluster, restore)
         await w.sim.settled()
         assert_nothing_left(cluster, restore)
+
+
+async def test_ended_elsewhere_right_before_the_target_is_named(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Someone else (Velero, or another agent taking over a cancel) ends the DataDownload while its holder is
+    about to name the PV on the target PVC. The holder must not hand over a volume that is being cleaned
+    up, and no other agent may pull the volume from under a hand-over: the PVC stays unbound (it can be
+    restored again), never pointing at a deleted PV."""
+    snapshot_id, _ = tiny_snapshot
+    async with world(cluster, tmp_path) as w:
+        retained = cluster.kube.hold_after("PATCH", r"/persistentvolumes/[^/]+$", r'"Retain"')
+        restore = start_restore(
+            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
+        )
+        start_workload(cluster.kube, restore)
+        async with asyncio.timeout(30):
+            await retained.reached.wait()
+        about_to_name = cluster.kube.hold_after("GET", r"/namespaces/app/persistentvolumeclaims/data$")
+        retained.release()
+        async with asyncio.timeout(30):
+            await about_to_name.reached.wait()
+        ended = {"status": {"phase": "Canceled", "message": "ended by Velero"}}
+        cluster.kube.patch("datadownloads", restore.datadownload, ended, namespace=NS)
+        about_to_name.release()
+        await wait_released(cluster, restore)
+        await w.sim.settled()
+        target = cluster.kube.get("persistentvolumeclaims", "data", namespace="app")
+        assert target is not None
+        assert not target["spec"].get("volumeName"), "the PVC was given a volume that is being cleaned up"
+        assert target["status"]["phase"] == "Pending"
+        assert_nothing_left(cluster, restore)
+        assert cluster.kube.list("persistentvolumes") == []
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        ("PATCH", r"/persistentvolumes/[^/]+$", r'"Retain"'),
+        ("PATCH", r"/namespaces/app/persistentvolumeclaims/data$", None),
+    ],
+    ids=["before-hand-over", "after-hand-over"],
+)
+async def test_back_after_an_absence_longer_than_the_operation_timeout(
+    cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path, held: tuple[str, str, str | None]
+) -> None:
+    """The agent is down in the middle of the hand-over for longer than operationTimeout (its start, as
+    recorded on the object, is long past). Back, it finishes the hand-over: the time it was away is not
+    time the cluster kept it waiting, and once the PVC names the PV the volume is the application's."""
+    snapshot_id, source = tiny_snapshot
+    async with world(cluster, tmp_path, nodes=["node-a"], agents=[]) as w:
+        hold = cluster.kube.hold_after(*held)
+        restore = start_restore(
+            cluster.kube,
+            snapshot_id=snapshot_id,
+            snapshot_size=18,
+            namespace="app",
+            pvc="data",
+            storage_class="wffc",
+            operation_timeout="1m",
+        )
+        pod = start_workload(cluster.kube, restore)
+        async with killable_agent(w.settings("node-a")) as first:
+            async with asyncio.timeout(30):
+                await hold.reached.wait()
+            await first.kill()
+        hold.release()
+        long_ago = {"metadata": {"annotations": {"ferry.dev/rebind-started": "2020-01-01T00:00:00Z"}}}
+        cluster.kube.patch("datadownloads", restore.datadownload, long_ago, namespace=NS)
+        async with killable_agent(w.settings("node-a")):
+            done = await wait_done(cluster, restore)
+            assert done["status"]["phase"] == "Completed", done["status"].get("message")
+            await wait_running(cluster, "app", pod)
+            restored = w.sim.pod_volume("app", pod, "data")
+            assert (restored / "note.txt").read_bytes() == (source / "note.txt").read_bytes()
+            await w.sim.settled()
+            assert_nothing_left(cluster, restore)

@@ -13,8 +13,9 @@ reference: ``pkg/controller/data_download_controller.go`` and ``pkg/exposer/gene
                (``agent.expose.rebind``) → Completed (finalizer removed in the same write)
     InProgress (node=me, nothing running here: the agent restarted) → restore again from the start
     Canceling  (node=me, nothing running here) → Canceled
-    Failed/Canceled/deleted with our finalizer: any agent deletes the restore pod, PVC and PV (never a PV
-               the target PVC names), then removes the finalizer
+    Failed/Canceled/deleted with our finalizer: its holder (any agent after orphan_grace_s) deletes the
+               restore pod, PVC and PV (a PV the target PVC names: finishes the hand-over instead), then
+               removes the finalizer
     spec.cancel: New/Accepted/Prepared → Canceled; InProgress → Canceling → (pipeline stopped) → Canceled;
                during the hand-over only until the target PVC names the PV
     operationTimeout: bounds a transfer making no progress, and the hand-over → Failed
@@ -43,6 +44,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from agent.aio.waiting import sleep_until
 from agent.controller import supervisor
@@ -89,6 +91,27 @@ SLOT_WAIT_S = 3600.0
 """A queued worker re-checks this rarely on its own: its turn, a cancel or a change wake it."""
 
 
+@dataclass
+class Tracked:
+    """What this agent keeps about one DataDownload while a worker handles it."""
+
+    latest: DataDownload | None
+    """The newest state known: watched, or a write's answer the watch had not overtaken."""
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set by each delivery (and by the load limiter): the worker looks again at once."""
+    deliveries: int = 0
+    """How many times the watch delivered it (tells ``write`` whether its answer was overtaken)."""
+    waiting: str = ""
+    """What the last look found it waiting for (the timeout messages say it)."""
+    error: str = ""
+    """The Kubernetes API error of the last step that failed ("" once a step succeeds)."""
+    orphan_since: float | None = None
+    """When this agent first saw another agent's DataDownload in need of it: canceled or deleted while held
+    there, or ended with our finalizer (monotonic; ``orphan_grace_s`` counts from it)."""
+    rebind_since: float | None = None
+    """When this agent first worked on its hand-over (monotonic)."""
+
+
 class DataDownloadController:
     def __init__(self, kube: Kube, settings: AgentSettings, restorer: Restorer, metrics: Metrics) -> None:
         self.settings = settings
@@ -106,16 +129,8 @@ class DataDownloadController:
         self.shutdown = asyncio.Event()
         self.statuses: StatusWriter | None = None
         self.locations: LocationResolver | None = None
-        self._latest: dict[str, DataDownload | None] = {}
-        self._wake: dict[str, asyncio.Event] = {}
-        self._deliveries: dict[str, int] = {}
-        self._waiting: dict[str, str] = {}
-        self._stopping_seen: dict[str, float] = {}
-        """Per name, when this agent first saw another node's DataDownload canceled or deleted (monotonic)."""
-        """Per name, what the last look found it waiting for (the timeout messages say it)."""
-        self._errors: dict[str, str] = {}
-        """Per name, the Kubernetes API error of the last step that failed ("" once a step succeeds)."""
-        """Per name, how many times the watch delivered it (tells ``write`` whether it was overtaken)."""
+        self._tracked: dict[str, Tracked] = {}
+        """What this agent keeps about each DataDownload a worker handles (only those)."""
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
 
@@ -144,8 +159,8 @@ class DataDownloadController:
                 log.info("stopping: taking no new work", extra={"inFlight": self.load.running})
                 watch.cancel()
                 self.shutdown.set()
-                for wake in self._wake.values():
-                    wake.set()
+                for tracked in self._tracked.values():
+                    tracked.wake.set()
                 workers = list(self._workers.values())
                 if workers:
                     _, late = await asyncio.wait(workers, timeout=self.settings.shutdown_grace_s)
@@ -170,32 +185,27 @@ class DataDownloadController:
 
     def _deliver(self, name: str, obj: Obj | None) -> None:
         dd = DataDownload.from_obj(obj) if obj is not None else None
-        self._deliveries[name] = self._deliveries.get(name, 0) + 1
-        if name not in self._workers and (dd is None or not self._wants(dd)):
-            self._latest.pop(name, None)
-            return
-        self._latest[name] = dd
-        self.wake(name)
-        if name not in self._workers and not self.shutdown.is_set() and self._tg is not None:
-            self._workers[name] = self._tg.create_task(self._work(name), name=f"datadownload {name}")
+        tracked = self._tracked.get(name)
+        if tracked is None:
+            if dd is None or not self._wants(dd) or self.shutdown.is_set() or self._tg is None:
+                return
+            tracked = self._tracked[name] = Tracked(dd)
+            self._workers[name] = self._tg.create_task(self._work(name, tracked), name=f"datadownload {name}")
+        tracked.latest = dd
+        tracked.deliveries += 1
+        tracked.wake.set()
 
     def _wants(self, dd: DataDownload) -> bool:
         """Ours (``spec.datamover``), and not ended — or ended with our finalizer still to remove."""
         return dd.datamover == self.settings.datamover and (dd.phase not in TERMINAL or FINALIZER in dd.finalizers)
-
-    def wake(self, name: str) -> asyncio.Event:
-        wake = self._wake.get(name)
-        if wake is None:
-            wake = self._wake[name] = asyncio.Event()
-        wake.set()
-        return wake
 
     def worker(self, name: str) -> asyncio.Task[None] | None:
         """The task handling ``name`` right now, if any."""
         return self._workers.get(name)
 
     def latest(self, name: str) -> DataDownload | None:
-        return self._latest.get(name)
+        tracked = self._tracked.get(name)
+        return tracked.latest if tracked is not None else None
 
     async def write(
         self, dd: DataDownload, change: Change, metadata: MetadataChange | None = None
@@ -206,34 +216,35 @@ class DataDownloadController:
         that arrived while the write was in flight), and resourceVersions cannot be ordered, so the
         watched state stays (if it is older, the next conditional write is refused and re-reads)."""
         assert self.statuses is not None
-        mark = self._deliveries.get(dd.name, 0)
+        tracked = self._tracked.get(dd.name)
+        mark = tracked.deliveries if tracked is not None else 0
         seen: list[DataDownload] = []
         written = await self.statuses.update(dd, change, metadata, observe=seen.append)
-        if seen and self._deliveries.get(dd.name, 0) == mark and dd.name in self._latest:
-            self._latest[dd.name] = seen[-1]
+        if seen and tracked is not None and tracked.deliveries == mark:
+            tracked.latest = seen[-1]
         return written
 
     async def write_metadata(self, dd: DataDownload, change: MetadataChange) -> DataDownload | None:
         """``write`` of metadata alone (annotations, finalizers)."""
         return await self.write(dd, lambda cur: {} if change(cur) is not None else None, change)
 
-    async def _work(self, name: str) -> None:
-        wake = self._wake[name]
+    async def _work(self, name: str, tracked: Tracked) -> None:
+        wake = tracked.wake
         failures = 0
         try:
             while not self.shutdown.is_set():
                 wake.clear()
-                dd = self._latest.get(name)
+                dd = tracked.latest
                 if dd is None:
                     break
                 delay: float | None
                 try:
                     delay = await self._step(dd, wake)
                     failures = 0
-                    self._errors.pop(name, None)
+                    tracked.error = ""
                 except KubeError as e:
                     failures += 1
-                    self._errors[name] = str(e)
+                    tracked.error = str(e)
                     delay = min(30.0, 0.5 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
                     log.warning(
                         "Kubernetes API error (%s); retrying in %.1f s", e, delay, extra={"datadownload": dd.key}
@@ -252,12 +263,7 @@ class DataDownloadController:
         finally:
             self.load.release(name)
             self._workers.pop(name, None)
-            self._latest.pop(name, None)
-            self._wake.pop(name, None)
-            self._deliveries.pop(name, None)
-            self._waiting.pop(name, None)
-            self._errors.pop(name, None)
-            self._stopping_seen.pop(name, None)
+            self._tracked.pop(name, None)
 
     async def _refused(self, dd: DataDownload, error: KubeError, attempts: int, delay: float) -> float | None:
         """The API server refused the same step ``attempts`` times in a row with an error that does not clear by
@@ -326,8 +332,7 @@ class DataDownloadController:
             return 0.0 if not dd.in_place else None
         if dd.phase not in (IN_PROGRESS, CANCELING):
             return None
-        first = self._stopping_seen.setdefault(dd.name, time.monotonic())
-        left = self.settings.orphan_grace_s - (time.monotonic() - first)
+        left = self.settings.orphan_grace_s - self._orphan_for(dd.name)
         if left > 0:
             return left
         message = (
@@ -479,7 +484,7 @@ class DataDownloadController:
                 dd,
                 FAILED,
                 f"timed out after {self.settings.prepare_timeout_s:g} s (the prepare timeout, FERRY_PREPARE_TIMEOUT) "
-                f"waiting for {self._waiting.get(dd.name) or self._default_wait(dd)}{self._last_error(dd.name)}",
+                f"waiting for {self._note(dd.name).waiting or self._default_wait(dd)}{self._last_error(dd.name)}",
                 ACCEPTED,
                 anyone=True,
             )
@@ -502,7 +507,7 @@ class DataDownloadController:
             await self.finish(dd, FAILED, f"cannot restore into PVC {where.target}: {e}", ACCEPTED)
             return 0.0
         if isinstance(exposed, Waiting):
-            self._waiting[dd.name] = exposed.reason
+            self._note(dd.name).waiting = exposed.reason
             return poll
         pod = await self.exposer.pod(where)
         if pod.problem:
@@ -515,7 +520,7 @@ class DataDownloadController:
                 message = f"restore pod {where.restore} cannot be scheduled: {pod.unschedulable}"
                 await self.finish(dd, FAILED, message, ACCEPTED)
                 return 0.0
-            self._waiting[dd.name] = f"restore pod {where.restore} to be scheduled ({pod.unschedulable})"
+            self._note(dd.name).waiting = f"restore pod {where.restore} to be scheduled ({pod.unschedulable})"
             return poll
         if pod.node and dd.restore_node != pod.node:
             await self.write_metadata(
@@ -524,7 +529,7 @@ class DataDownloadController:
             return 0.0
         if pod.running and pod.node == self.me and await self.volumes.find((dd.namespace, dd.name)) is not None:
             return await self._write_prepared(dd)
-        self._waiting[dd.name] = self._default_wait(dd, pod.exists, pod.running)
+        self._note(dd.name).waiting = self._default_wait(dd, pod.exists, pod.running)
         return poll
 
     def _default_wait(self, dd: DataDownload, exists: bool = True, running: bool = False) -> str:
@@ -542,8 +547,19 @@ class DataDownloadController:
         return f"the Ferry agent on node {dd.accepted_by or '?'} to expose the volume (restore pod {restore})"
 
     def _last_error(self, name: str) -> str:
-        error = self._errors.get(name)
+        error = self._note(name).error
         return f" (the last Kubernetes API error: {error})" if error else ""
+
+    def _note(self, name: str) -> Tracked:
+        """The tracked state of a DataDownload a worker handles (a detached one outside a worker)."""
+        return self._tracked.get(name) or Tracked(None)
+
+    def _orphan_for(self, name: str) -> float:
+        """Seconds since this agent first saw ``name`` in need of it while another agent holds it."""
+        tracked = self._note(name)
+        if tracked.orphan_since is None:
+            tracked.orphan_since = time.monotonic()
+        return time.monotonic() - tracked.orphan_since
 
     def owner(self, dd: DataDownload) -> Owner:
         return Owner(API_VERSION, "DataDownload", dd.name, dd.uid)
@@ -590,53 +606,79 @@ class DataDownloadController:
             log.info("data restored; handing the volume over", extra={"datadownload": dd.key, "pv": record.pv})
 
     async def _rebind(self, dd: DataDownload) -> float | None:
-        """Hand the restored PV to the target PVC (``agent.expose.rebind``), then Completed. A cancel (or a
-        deletion) is honoured until the target PVC names the PV; after that the volume is the application's.
-        ``spec.operationTimeout`` from the start of the hand-over bounds it (checked first, so that failing
-        API calls cannot hold it off)."""
+        """Hand the restored PV to the target PVC (``agent.expose.rebind``), then Completed. A cancel, a
+        deletion or a phase someone else ended it in is honoured until the target PVC names the PV; after
+        that the volume is the application's. ``spec.operationTimeout`` from the start of the hand-over
+        bounds the waiting for the cluster before that point (checked after trying, so that an agent back
+        from a long absence first tries; and on API errors, so that they cannot hold it off)."""
         where = self.exposure(dd)
         record = Record(dd.restored_pv, dd.annotations.get(RECLAIM_POLICY, "Delete"))
         full = {"totalBytes": dd.total_bytes, "bytesDone": dd.total_bytes}
         started = parse_time(dd.annotations.get(REBIND_STARTED))
-        waited = (now() - started).total_seconds() if started else 0.0
+        tracked = self._note(dd.name)
+        if tracked.rebind_since is None:
+            tracked.rebind_since = time.monotonic()
+        # An agent back from an absence longer than the timeout gets the whole timeout again: the time it
+        # was away is not time the cluster kept it waiting.
+        waited = min(
+            (now() - started).total_seconds() if started else 0.0,
+            time.monotonic() - tracked.rebind_since,
+        )
         limit = self.timeout_s(dd)
-        if waited >= limit:
-            what = self._waiting.get(dd.name) or "the cluster"
+
+        def stopping() -> bool:
+            cur = self.latest(dd.name)
+            return cur is None or cur.cancel or cur.deleting or cur.phase in TERMINAL
+
+        async def timed_out(what: str) -> float:
             await self.finish(
                 dd,
                 FAILED,
                 f"restored, but timed out after {dd.operation_timeout} (spec.operationTimeout) handing PV "
-                f"{record.pv} to PVC {where.target}: still waiting for {what}{self._last_error(dd.name)}",
+                f"{record.pv} to PVC {where.target}: still waiting for {what}",
                 dd.phase,
             )
             return 0.0
-
-        def stopping() -> bool:
-            cur = self.latest(dd.name)
-            return cur is None or cur.cancel or cur.deleting
 
         try:
             result = await self.rebinder.advance(where, record, lambda: not stopping())
         except VolumeError as e:
             await self.finish(dd, FAILED, f"restored, but could not hand the volume over: {e}", dd.phase)
             return 0.0
+        except KubeError as e:
+            if waited >= limit and not await self.rebinder.handed_over(where, record):
+                return await timed_out(f"the Kubernetes API, which answered: {e}")
+            raise
         if isinstance(result, Pending) and result.stopped:
             cur = self.latest(dd.name) or dd
             await self.finish(cur, CANCELED, "canceled before the restored volume was handed over", dd.phase)
             return 0.0
         if isinstance(result, Done):
             cur = self.latest(dd.name) or dd
-            note = "completed; the cancel came after the volume was handed to the PVC" if stopping() else ""
+            late = cur.cancel or cur.deleting
+            note = "completed; the cancel came after the volume was handed to the PVC" if late else ""
             await self.finish(cur, COMPLETED, note, dd.phase, progress=lambda _: full, release=True)
             return 0.0
-        self._waiting[dd.name] = result.reason
-        return 0.0 if result.acted else min(self.settings.volume_poll_interval_s, limit - waited)
+        if result.acted:
+            return 0.0
+        self._note(dd.name).waiting = result.reason
+        if waited >= limit and not await self.rebinder.handed_over(where, record):
+            return await timed_out(result.reason)
+        return self.settings.volume_poll_interval_s
 
     async def _clean_up(self, dd: DataDownload) -> float | None:
-        """A DataDownload that ended (or is being deleted) with our finalizer: delete its restore pod and PVC,
+        """A DataDownload that ended (or is being deleted) with our finalizer, by the agent that holds it
+        (``status.node``, else the acceptor; any agent after ``orphan_grace_s``): delete its restore pod and PVC,
         and the restored PV — unless the target PVC already names it: then the PV holds the application's
         data, and the hand-over is finished instead (claimRef, labels, Bound, reclaim policy), since a PV
         left with the restore PVC's claim would be released and deleted. Then remove the finalizer."""
+        holder = dd.node or dd.accepted_by
+        if holder not in (self.me, ""):
+            # The holder's own worker runs the hand-over and this cleanup one after the other; another agent
+            # deleting the restore PVC or PV meanwhile could pull the volume from under a hand-over.
+            grace = self.settings.orphan_grace_s - self._orphan_for(dd.name)
+            if grace > 0:
+                return grace
         where = self.exposure(dd)
         keep = ""
         if dd.restored_pv:
@@ -650,7 +692,7 @@ class DataDownloadController:
                     finished = Done()  # the PV or the PVC is gone: nothing of ours is left to keep
                 if not isinstance(finished, Done):
                     return 0.0 if finished.acted else self.settings.volume_poll_interval_s
-        left = await self.exposer.clean_up(where, keep_pv=keep)  # idempotent: any agent may run it
+        left = await self.exposer.clean_up(where, keep_pv=keep)  # idempotent
         if not left and dd.restored_pv and not keep:
             await self.exposer.discard_pv(dd.restored_pv, delete=True)
         if left:
