@@ -39,7 +39,6 @@ async def test_filesystem_restore_as_velero_runs_it(
             snapshot_size=size,
             namespace="shop",  # restored under namespace mapping: backed up from "app"
             source_namespace="app",
-            pvc="data",
             storage_class=binding,
         )
         pvc = cluster.kube.get("persistentvolumeclaims", "data", namespace="shop")
@@ -126,10 +125,8 @@ async def test_four_restores_at_once_over_three_agents(
             restore = start_restore(
                 cluster.kube,
                 snapshot_id=snapshot_id,
-                snapshot_size=1,
                 namespace=f"shop-{index}",
                 source_namespace="app",
-                pvc="data",
                 storage_class=binding,
                 restore_name=f"restore-{index}",
             )
@@ -165,14 +162,7 @@ async def test_two_datadownloads_for_one_pvc(cluster: Cluster, tree_snapshot: tu
     """One of them hands its volume to the PVC; the other then finds it bound and fails; neither leaks."""
     snapshot_id, source = tree_snapshot
     async with world(cluster, tmp_path) as w:
-        restore = start_restore(
-            cluster.kube,
-            snapshot_id=snapshot_id,
-            snapshot_size=1,
-            namespace="app",
-            pvc="data",
-            storage_class="immediate",
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id, storage_class="immediate")
         cluster.create_dd("second", snapshot_id, "data", in_place=False)
         start_workload(cluster.kube, restore)
         first = await wait_done(cluster, restore, timeout=90)

@@ -58,8 +58,6 @@ async def test_each_supported_velero_crd(version: str, tmp_path: Path, s3_server
                 kube,
                 snapshot_id=snapshot_id,
                 snapshot_size=26,
-                namespace="app",
-                pvc="data",
                 storage_class="immediate",
                 version=version,
             )
@@ -82,9 +80,7 @@ async def test_each_supported_velero_crd(version: str, tmp_path: Path, s3_server
 
 async def test_cancel_while_new(cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path) -> None:
     snapshot_id, _ = tiny_snapshot
-    restore = start_restore(
-        cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="immediate"
-    )
+    restore = start_restore(cluster.kube, snapshot_id=snapshot_id, storage_class="immediate")
     cancel(cluster, restore.datadownload)
     async with world(cluster, tmp_path):
         done = await wait_done(cluster, restore)
@@ -99,9 +95,7 @@ async def test_cancel_while_accepted_and_exposed(
     """The restore pod runs on node-c, where no agent runs: the DataDownload stays Accepted, exposed."""
     snapshot_id, _ = tiny_snapshot
     async with world(cluster, tmp_path, agents=["node-a", "node-b"]) as w:
-        restore = start_restore(
-            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id)
         start_workload(cluster.kube, restore, node="node-c")
         await cluster.kube.wait_for(
             "pods", restore.datadownload, NS, lambda p: p is not None and p["status"].get("phase") == "Running"
@@ -125,8 +119,6 @@ async def test_cancel_while_prepared(
         first = start_restore(
             cluster.kube,
             snapshot_id=snapshot_id,
-            snapshot_size=1,
-            namespace="app",
             pvc="first",
             storage_class="immediate",
             bsl=slow_bsl,
@@ -136,8 +128,6 @@ async def test_cancel_while_prepared(
         second = start_restore(
             cluster.kube,
             snapshot_id=snapshot_id,
-            snapshot_size=1,
-            namespace="app",
             pvc="second",
             storage_class="immediate",
             restore_name="second",
@@ -164,15 +154,7 @@ async def test_cancel_while_in_progress(
     snapshot_id, _ = tree_snapshot
     proxy.stall_ranged = True
     async with world(cluster, tmp_path) as w:
-        restore = start_restore(
-            cluster.kube,
-            snapshot_id=snapshot_id,
-            snapshot_size=1,
-            namespace="app",
-            pvc="data",
-            storage_class="immediate",
-            bsl=slow_bsl,
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id, storage_class="immediate", bsl=slow_bsl)
         await cluster.wait_phase(restore.datadownload, "InProgress", timeout=30)
         cancel(cluster, restore.datadownload)
         done = await wait_done(cluster, restore)
@@ -196,15 +178,7 @@ async def test_deleted_while_in_progress(
     snapshot_id, _ = tree_snapshot
     proxy.stall_ranged = True
     async with world(cluster, tmp_path) as w:
-        restore = start_restore(
-            cluster.kube,
-            snapshot_id=snapshot_id,
-            snapshot_size=1,
-            namespace="app",
-            pvc="data",
-            storage_class="immediate",
-            bsl=slow_bsl,
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id, storage_class="immediate", bsl=slow_bsl)
         await cluster.wait_phase(restore.datadownload, "InProgress", timeout=30)
         cluster.kube.delete("datadownloads", restore.datadownload, namespace=NS)
         assert cluster.kube.get("datadownloads", restore.datadownload, namespace=NS) is not None, "no finalizer"
@@ -219,14 +193,7 @@ async def test_image_that_cannot_be_pulled(cluster: Cluster, tiny_snapshot: tupl
     snapshot_id, _ = tiny_snapshot
     async with world(cluster, tmp_path) as w:
         w.sim.fail_image(IMAGE)
-        restore = start_restore(
-            cluster.kube,
-            snapshot_id=snapshot_id,
-            snapshot_size=18,
-            namespace="app",
-            pvc="data",
-            storage_class="immediate",
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id, storage_class="immediate")
         done = await wait_done(cluster, restore)
         assert done["status"]["phase"] == "Failed"
         assert "ImagePullBackOff" in done["status"]["message"]
@@ -245,10 +212,6 @@ async def test_restore_pod_that_can_never_be_scheduled(
         restore = start_restore(
             cluster.kube,
             snapshot_id=snapshot_id,
-            snapshot_size=18,
-            namespace="app",
-            pvc="data",
-            storage_class="wffc",
             pvc_annotations={"volume.kubernetes.io/selected-node": "node-gone"},
         )
         done = await wait_done(cluster, restore)
@@ -264,9 +227,7 @@ async def test_prepare_timeout(cluster: Cluster, tiny_snapshot: tuple[str, Path]
     """No agent where the restore pod runs: the prepare timeout fails it and says what it waited for."""
     snapshot_id, _ = tiny_snapshot
     async with world(cluster, tmp_path, agents=["node-a"], prepare_timeout_s=1.0) as w:
-        restore = start_restore(
-            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id)
         start_workload(cluster.kube, restore, node="node-b")
         done = await wait_done(cluster, restore)
         assert done["status"]["phase"] == "Failed"
@@ -330,9 +291,7 @@ async def test_cancel_during_the_rebind(
     snapshot_id, _ = tiny_snapshot
     async with world(cluster, tmp_path, nodes=["node-a"]) as w:
         hold = cluster.kube.hold_after(*held)
-        restore = start_restore(
-            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id)
         start_workload(cluster.kube, restore)
         async with asyncio.timeout(30):
             await hold.reached.wait()
@@ -361,9 +320,7 @@ async def test_accepted_and_exposed_then_pod_fails_or_object_deleted(
     DataDownload fails naming it — or the DataDownload is deleted — it goes once everything is removed."""
     snapshot_id, _ = tiny_snapshot
     async with world(cluster, tmp_path, agents=["node-a", "node-b"]) as w:
-        restore = start_restore(
-            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id)
         start_workload(cluster.kube, restore, node="node-c")
         await cluster.kube.wait_for(
             "pods", restore.datadownload, NS, lambda p: p is not None and p["status"].get("phase") == "Running"
@@ -397,9 +354,7 @@ async def test_restore_pods_run_the_agents_own_image(
         namespace=NS,
     )
     async with world(cluster, tmp_path, nodes=["node-a"], pod_image="", pod_name="ferry-x1"):
-        restore = start_restore(
-            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id)
         start_workload(cluster.kube, restore)
         await cluster.kube.wait_for("pods", restore.datadownload, NS, lambda p: p is not None)
         pod = cluster.kube.get("pods", restore.datadownload, namespace=NS)
@@ -421,9 +376,7 @@ async def test_a_claim_abandoned_between_its_two_writes_is_taken_over(
     """With a /status subresource a claim is two writes; an agent that died between them left its name on a
     New object. After the prepare timeout another agent claims it."""
     snapshot_id, _ = tiny_snapshot
-    restore = start_restore(
-        cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
-    )
+    restore = start_restore(cluster.kube, snapshot_id=snapshot_id)
     stale = {"ferry.dev/accepted-by": "node-gone", "ferry.dev/accepted-at": "2020-01-01T00:00:00Z"}
     cluster.kube.patch("datadownloads", restore.datadownload, {"metadata": {"annotations": stale}}, namespace=NS)
     start_workload(cluster.kube, restore)
@@ -445,9 +398,7 @@ async def test_ended_by_velero_after_the_target_names_the_pv(
     nodes = ["node-a"] if agents == "killed-owner" else ["node-a", "node-b", "node-c"]
     async with world(cluster, tmp_path, nodes=nodes, agents=[]) as w:
         hold = cluster.kube.hold_after("PATCH", r"/namespaces/app/persistentvolumeclaims/data$")
-        restore = start_restore(
-            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id)
         pod = start_workload(cluster.kube, restore)
         async with AsyncExitStack() as stack:
             grace = 0.5 if agents == "three-agents" else 60.0  # the others take the cleanup over while it is held
@@ -502,9 +453,7 @@ async def test_a_cancel_that_overtakes_the_agents_own_write(
 
         controller.watcher._deliver = noting
         hold = cluster.kube.hold_after("PATCH", r"/datadownloads/[^/]+$", after)
-        restore = start_restore(
-            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id)
         start_workload(cluster.kube, restore)
         async with asyncio.timeout(30):
             await hold.reached.wait()
@@ -595,9 +544,7 @@ async def test_a_request_the_api_server_keeps_refusing(
     method, path = REFUSED[step]
     async with world(cluster, tmp_path, nodes=["node-a"]) as w:
         cluster.kube.fail_next(method, path, 403, reason="Forbidden", count=3)
-        restore = start_restore(
-            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id)
         start_workload(cluster.kube, restore)
         done = await wait_done(cluster, restore, timeout=60)
         assert done["status"]["phase"] == "Failed", done["status"]
@@ -626,15 +573,7 @@ async def test_the_owning_node_is_gone(
     async with world(cluster, tmp_path, agents=["node-a", "node-b"], orphan_grace_s=0.5) as w:
         hold = cluster.kube.hold_after("PATCH", r"/datadownloads/[^/]+$", held)
         async with killable_agent(w.settings("node-c", orphan_grace_s=0.5)) as owner:
-            restore = start_restore(
-                cluster.kube,
-                snapshot_id=snapshot_id,
-                snapshot_size=1,
-                namespace="app",
-                pvc="data",
-                storage_class="wffc",
-                bsl=slow_bsl,
-            )
+            restore = start_restore(cluster.kube, snapshot_id=snapshot_id, bsl=slow_bsl)
             start_workload(cluster.kube, restore, node="node-c")
             async with asyncio.timeout(30):
                 await hold.reached.wait()
@@ -664,14 +603,7 @@ async def test_the_acceptor_is_gone_before_it_exposed_anything(
     async with world(cluster, tmp_path, agents=[]) as w:
         hold = cluster.kube.hold_after("PATCH", r"/datadownloads/[^/]+$", r'"Accepted"')
         async with killable_agent(w.settings("node-a")) as acceptor:
-            restore = start_restore(
-                cluster.kube,
-                snapshot_id=snapshot_id,
-                snapshot_size=18,
-                namespace="app",
-                pvc="data",
-                storage_class="wffc",
-            )
+            restore = start_restore(cluster.kube, snapshot_id=snapshot_id)
             async with asyncio.timeout(30):
                 await hold.reached.wait()
             await acceptor.kill()
@@ -699,9 +631,7 @@ async def test_the_restore_pod_dies_after_prepared(
     snapshot_id, _ = tiny_snapshot
     async with world(cluster, tmp_path, nodes=["node-a"], agents=[]) as w:
         hold = cluster.kube.hold_after("PATCH", r"/datadownloads/[^/]+$", r'"Prepared"')
-        restore = start_restore(
-            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id)
         start_workload(cluster.kube, restore)
         async with killable_agent(w.settings("node-a")) as first:
             async with asyncio.timeout(30):
@@ -742,15 +672,7 @@ async def test_the_target_pvc_is_deleted(
     async with world(cluster, tmp_path) as w:
         hold = cluster.kube.hold_after(*held) if held else None
         proxy.stall_ranged = hold is None
-        restore = start_restore(
-            cluster.kube,
-            snapshot_id=snapshot_id,
-            snapshot_size=1,
-            namespace="app",
-            pvc="data",
-            storage_class="immediate",
-            bsl=slow_bsl,
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id, storage_class="immediate", bsl=slow_bsl)
         if hold is None:
             await cluster.wait_phase(restore.datadownload, "InProgress", timeout=30)
         else:
@@ -779,9 +701,7 @@ async def test_ended_elsewhere_right_before_the_target_is_named(
     snapshot_id, _ = tiny_snapshot
     async with world(cluster, tmp_path) as w:
         retained = cluster.kube.hold_after("PATCH", r"/persistentvolumes/[^/]+$", r'"Retain"')
-        restore = start_restore(
-            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id)
         start_workload(cluster.kube, restore)
         async with asyncio.timeout(30):
             await retained.reached.wait()
@@ -819,15 +739,7 @@ async def test_back_after_an_absence_longer_than_the_operation_timeout(
     snapshot_id, source = tiny_snapshot
     async with world(cluster, tmp_path, nodes=["node-a"], agents=[]) as w:
         hold = cluster.kube.hold_after(*held)
-        restore = start_restore(
-            cluster.kube,
-            snapshot_id=snapshot_id,
-            snapshot_size=18,
-            namespace="app",
-            pvc="data",
-            storage_class="wffc",
-            operation_timeout="1m",
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id, operation_timeout="1m")
         pod = start_workload(cluster.kube, restore)
         async with killable_agent(w.settings("node-a")) as first:
             async with asyncio.timeout(30):

@@ -48,9 +48,7 @@ async def test_killed_after_each_step_finishes_on_restart(
     method, path, body = STEPS[step]
     async with world(cluster, tmp_path, nodes=["node-a"], agents=[]) as w:
         hold = cluster.kube.hold_after(method, path, body)
-        restore = start_restore(
-            cluster.kube, snapshot_id=snapshot_id, snapshot_size=18, namespace="app", pvc="data", storage_class="wffc"
-        )
+        restore = start_restore(cluster.kube, snapshot_id=snapshot_id)
         pod = start_workload(cluster.kube, restore)
         async with killable_agent(w.settings("node-a")) as first:
             async with asyncio.timeout(30):

@@ -53,10 +53,10 @@ def start_restore(
     kube: KubeServer,
     *,
     snapshot_id: str,
-    snapshot_size: int,
-    namespace: str,
-    pvc: str,
-    storage_class: str,
+    snapshot_size: int = 0,
+    namespace: str = "app",
+    pvc: str = "data",
+    storage_class: str = "wffc",
     size: str = "256Mi",
     volume_mode: str = "Filesystem",
     bsl: str = "default",
@@ -67,7 +67,9 @@ def start_restore(
     restore_name: str = "restore-1",
     pvc_annotations: dict[str, str] | None = None,
 ) -> Restore:
-    """Steps 1 and 2: the DataDownload, then the Pending PVC with Velero's selector."""
+    """Steps 1 and 2: the DataDownload, then the Pending PVC with Velero's selector (by default PVC
+    ``app/data`` of the WaitForFirstConsumer class ``wffc``; ``snapshot_size`` is only what Velero 1.18
+    puts in ``spec.snapshotSize``, which Ferry does not read)."""
     restore_uid = str(uuid.uuid4())
     operation_id = f"dd-{uuid.uuid4()}.{uuid.uuid4().hex[:8]}"
     selector = f"{namespace}.{pvc}.{uuid.uuid4().hex[:5]}"
