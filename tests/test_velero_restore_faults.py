@@ -21,6 +21,7 @@ from tests.support.velero import (
     IMAGE,
     NS,
     assert_nothing_left,
+    cleaned_up,
     finalizer_satisfied,
     progress,
     start_restore,
@@ -104,9 +105,7 @@ async def test_cancel_while_accepted_and_exposed(
         cancel(cluster, restore.datadownload)
         done = await wait_done(cluster, restore)
         assert done["status"]["phase"] == "Canceled"
-        await wait_released(cluster, restore)
-        await w.sim.settled()
-        assert_nothing_left(cluster, restore)
+        await cleaned_up(w, restore)
 
 
 async def test_cancel_while_prepared(
@@ -162,9 +161,7 @@ async def test_cancel_while_in_progress(
         proxy.released.set()
         assert done["status"]["phase"] == "Canceled"
         assert cluster.phases(restore.datadownload)[-2:] == ["Canceling", "Canceled"]
-        await wait_released(cluster, restore)
-        await w.sim.settled()
-        assert_nothing_left(cluster, restore)
+        await cleaned_up(w, restore)
         target = cluster.kube.get("persistentvolumeclaims", "data", namespace="app")
         assert target is not None
         assert target["status"]["phase"] == "Pending", "a canceled restore handed a volume to the PVC"
@@ -198,9 +195,7 @@ async def test_image_that_cannot_be_pulled(cluster: Cluster, tiny_snapshot: tupl
         assert done["status"]["phase"] == "Failed"
         assert "ImagePullBackOff" in done["status"]["message"]
         assert IMAGE in done["status"]["message"]
-        await wait_released(cluster, restore)
-        await w.sim.settled()
-        assert_nothing_left(cluster, restore)
+        await cleaned_up(w, restore)
 
 
 async def test_restore_pod_that_can_never_be_scheduled(
@@ -218,9 +213,7 @@ async def test_restore_pod_that_can_never_be_scheduled(
         assert done["status"]["phase"] == "Failed"
         assert "cannot be scheduled" in done["status"]["message"]
         assert "didn't match Pod's node affinity/selector" in done["status"]["message"]
-        await wait_released(cluster, restore)
-        await w.sim.settled()
-        assert_nothing_left(cluster, restore)
+        await cleaned_up(w, restore)
 
 
 async def test_prepare_timeout(cluster: Cluster, tiny_snapshot: tuple[str, Path], tmp_path: Path) -> None:
@@ -233,9 +226,7 @@ async def test_prepare_timeout(cluster: Cluster, tiny_snapshot: tuple[str, Path]
         assert done["status"]["phase"] == "Failed"
         assert "prepare timeout" in done["status"]["message"]
         assert "node-b" in done["status"]["message"]
-        await wait_released(cluster, restore)
-        await w.sim.settled()
-        assert_nothing_left(cluster, restore)
+        await cleaned_up(w, restore)
 
 
 async def test_target_already_bound_is_refused(
@@ -299,9 +290,7 @@ async def test_cancel_during_the_rebind(
         hold.release()
         done = await wait_done(cluster, restore)
         assert done["status"]["phase"] == outcome, done["status"].get("message")
-        await wait_released(cluster, restore)
-        await w.sim.settled()
-        assert_nothing_left(cluster, restore)
+        await cleaned_up(w, restore)
         target = cluster.kube.get("persistentvolumeclaims", "data", namespace="app")
         assert target is not None
         if outcome == "Canceled":
@@ -464,9 +453,7 @@ async def test_a_cancel_that_overtakes_the_agents_own_write(
         before = len(cluster.kube.requests)
         done = await wait_done(cluster, restore, timeout=30)
         assert done["status"]["phase"] == "Canceled", done["status"]
-        await wait_released(cluster, restore)
-        await w.sim.settled()
-        assert_nothing_left(cluster, restore)
+        await cleaned_up(w, restore)
         assert len(cluster.kube.requests) - before < 100, "the agent looped on refused writes"
 
 
@@ -618,9 +605,7 @@ async def test_the_acceptor_is_gone_before_it_exposed_anything(
             assert done["status"]["phase"] == "Failed"
             assert "the prepare timeout" in done["status"]["message"]
             assert "the Ferry agent on node node-a to expose the volume" in done["status"]["message"]
-            await wait_released(cluster, restore)
-            await w.sim.settled()
-            assert_nothing_left(cluster, restore)
+            await cleaned_up(w, restore)
 
 
 async def test_the_restore_pod_dies_after_prepared(
@@ -643,9 +628,7 @@ async def test_the_restore_pod_dies_after_prepared(
             done = await wait_done(cluster, restore, timeout=30)
             assert done["status"]["phase"] == "Failed"
             assert "is Failed on node node-a: OOMKilled" in done["status"]["message"]
-            await wait_released(cluster, restore)
-            await w.sim.settled()
-            assert_nothing_left(cluster, restore)
+            await cleaned_up(w, restore)
 
 
 @pytest.mark.parametrize(
@@ -686,9 +669,7 @@ async def test_the_target_pvc_is_deleted(
         proxy.released.set()
         done = await wait_done(cluster, restore)
         assert done["status"]["phase"] == "Failed", done["status"]
-        await wait_released(cluster, restore)
-        await w.sim.settled()
-        assert_nothing_left(cluster, restore)
+        await cleaned_up(w, restore)
 
 
 async def test_ended_elsewhere_right_before_the_target_is_named(

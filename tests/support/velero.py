@@ -284,3 +284,11 @@ def assert_nothing_left(cluster: Cluster, restore: Restore) -> None:
     kept = (target or {}).get("spec", {}).get("volumeName")
     stray = [pv["metadata"]["name"] for pv in kube.list("persistentvolumes") if pv["metadata"]["name"] != kept]
     assert stray == [], f"PVs left behind: {stray}"
+
+
+async def cleaned_up(w: World, restore: Restore) -> None:
+    """Wait until the DataDownload carries no finalizer of Ferry's and the cluster has settled, then assert
+    that nothing of the restore is left (``assert_nothing_left``)."""
+    await wait_released(w.cluster, restore)
+    await w.sim.settled()
+    assert_nothing_left(w.cluster, restore)
