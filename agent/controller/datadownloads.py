@@ -69,6 +69,7 @@ from agent.velero.objects import (
     CANCELED,
     CANCELING,
     COMPLETED,
+    DATADOWNLOADS,
     FAILED,
     FINALIZER,
     IN_PROGRESS,
@@ -125,7 +126,7 @@ class DataDownloadController:
         self.exposer = RestoreExposer(kube, self.template)
         self.rebinder = Rebinder(kube)
         self.load = LoadLimiter(settings.concurrency)
-        self.watcher = Watcher(kube, settings.watch_timeout_s, self._deliver)
+        self.watcher = Watcher(kube, DATADOWNLOADS, settings.watch_timeout_s, self._deliver)
         self.shutdown = asyncio.Event()
         self.statuses: StatusWriter | None = None
         self.locations: LocationResolver | None = None
@@ -141,7 +142,7 @@ class DataDownloadController:
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then stop intake and give in-flight restores the shutdown grace to
         stop and record their state."""
-        via_status = await self.kube.has_status_subresource()
+        via_status = await self.kube.has_status_subresource(DATADOWNLOADS)
         self.statuses = StatusWriter(self.kube, via_status)
         if not self.template.image and self.settings.pod_name:
             self.template = PodTemplate(await self._own_image())

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -24,14 +25,26 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
-GROUP = "velero.io"
-DD_VERSION = "v2alpha1"
-DD_PLURAL = "datadownloads"
-BSL_VERSION = "v1"
-BSL_PLURAL = "backupstoragelocations"
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT_S = 30.0
 """Bound on every non-watch request."""
+
+
+@dataclass(frozen=True)
+class CustomResource:
+    """A namespaced custom resource the agent reads or writes (``group``/``version``/``plural``)."""
+
+    group: str
+    version: str
+    plural: str
+    singular: str
+
+    @property
+    def group_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+    def __str__(self) -> str:
+        return f"{self.plural}.{self.group}/{self.version}"
 
 
 def _error(status: int, body: bytes, what: str) -> KubeError:
@@ -53,7 +66,8 @@ def _error(status: int, body: bytes, what: str) -> KubeError:
 
 
 class Kube:
-    """The calls the controller makes, scoped to Velero's namespace where the object lives there."""
+    """The calls the controller makes, scoped to Velero's namespace where the object lives there. Custom
+    resources are named by a ``CustomResource`` (``agent.velero.objects`` defines Velero's)."""
 
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
         self._api = api
@@ -101,14 +115,15 @@ class Kube:
             raise KubeError(f"{what}: the API server answered {type(decoded).__name__}, not an object")
         return decoded
 
-    # --- discovery -------------------------------------------------------------------------------------
+    # --- custom resources of Velero's namespace ------------------------------------------------------
 
-    async def has_status_subresource(self) -> bool:
-        """Whether DataDownloads have a ``/status`` endpoint (discovery lists ``datadownloads/status``)."""
+    async def has_status_subresource(self, resource: CustomResource) -> bool:
+        """Whether ``resource`` has a ``/status`` endpoint (discovery lists ``<plural>/status``). Raises
+        KubeError when the API server does not serve the resource at all."""
         found = await self._call(
-            f"discovery of {GROUP}/{DD_VERSION}",
+            f"discovery of {resource.group_version}",
             self._api.call_api(
-                f"/apis/{GROUP}/{DD_VERSION}",
+                f"/apis/{resource.group_version}",
                 "GET",
                 header_params={"Accept": "application/json"},
                 auth_settings=["BearerToken"],
@@ -117,16 +132,12 @@ class Kube:
             ),
         )
         names = {r.get("name") for r in found.get("resources", []) if isinstance(r, dict)}
-        if DD_PLURAL not in names:
-            raise KubeError(
-                f"the API server does not serve {DD_PLURAL}.{GROUP}/{DD_VERSION}: install Velero's CRDs first"
-            )
-        return f"{DD_PLURAL}/status" in names
+        if resource.plural not in names:
+            raise KubeError(f"the API server does not serve {resource}: install its CRD first")
+        return f"{resource.plural}/status" in names
 
-    # --- DataDownloads ---------------------------------------------------------------------------------
-
-    async def list_datadownloads(self) -> tuple[list[Obj], str]:
-        """Every DataDownload of the namespace (all pages), and the list's resourceVersion."""
+    async def list_objects(self, resource: CustomResource) -> tuple[list[Obj], str]:
+        """Every object of ``resource`` in the namespace (all pages), and the list's resourceVersion."""
         items: list[Obj] = []
         token: str | None = None
         while True:
@@ -134,9 +145,14 @@ class Kube:
             if token:
                 kwargs["_continue"] = token
             page = await self._call(
-                "list datadownloads",
+                f"list {resource.plural}",
                 self._custom.list_namespaced_custom_object(
-                    GROUP, DD_VERSION, self.namespace, DD_PLURAL, _preload_content=False, **kwargs
+                    resource.group,
+                    resource.version,
+                    self.namespace,
+                    resource.plural,
+                    _preload_content=False,
+                    **kwargs,
                 ),
             )
             items.extend(page.get("items") or [])
@@ -145,16 +161,19 @@ class Kube:
             if not token:
                 return items, str(meta.get("resourceVersion", ""))
 
-    async def watch_datadownloads(self, resource_version: str, timeout_s: float) -> AsyncIterator[tuple[str, Obj]]:
-        """Events after ``resource_version`` until the server ends the watch. The first item is
-        ``("OPEN", {})`` once the server has accepted the watch; bookmarks come through as ``("BOOKMARK",
+    async def watch_objects(
+        self, resource: CustomResource, resource_version: str, timeout_s: float
+    ) -> AsyncIterator[tuple[str, Obj]]:
+        """Events of ``resource`` after ``resource_version`` until the server ends the watch. The first item
+        is ``("OPEN", {})`` once the server has accepted the watch; bookmarks come through as ``("BOOKMARK",
         obj)`` so the caller can advance its resourceVersion. Raises KubeExpired on 410."""
+        what = f"watch {resource.plural}"
         try:
             resp: aiohttp.ClientResponse = await self._custom.list_namespaced_custom_object(
-                GROUP,
-                DD_VERSION,
+                resource.group,
+                resource.version,
                 self.namespace,
-                DD_PLURAL,
+                resource.plural,
                 watch=True,
                 resource_version=resource_version,
                 allow_watch_bookmarks=True,
@@ -163,16 +182,16 @@ class Kube:
                 _request_timeout=aiohttp.ClientTimeout(connect=REQUEST_TIMEOUT_S, sock_read=timeout_s + 30),
             )
         except aiohttp.ClientError as e:
-            raise KubeError(f"watch datadownloads: {type(e).__name__}: {e}") from e
+            raise KubeError(f"{what}: {type(e).__name__}: {e}") from e
         try:
             if resp.status != 200:
-                raise _error(resp.status, await resp.read(), "watch datadownloads")
+                raise _error(resp.status, await resp.read(), what)
             yield "OPEN", {}
             while True:
                 try:
                     line = await resp.content.readline()
                 except (aiohttp.ClientError, TimeoutError) as e:
-                    raise KubeError(f"watch datadownloads was cut: {type(e).__name__}: {e}") from e
+                    raise KubeError(f"{what} was cut: {type(e).__name__}: {e}") from e
                 if not line:
                     return
                 if not line.strip():
@@ -181,23 +200,23 @@ class Kube:
                     event = json.loads(line)
                     kind, obj = str(event.get("type", "")), event.get("object") or {}
                 except (ValueError, AttributeError) as e:
-                    raise KubeError(f"watch datadownloads sent something that is not an event: {line[:200]!r}") from e
+                    raise KubeError(f"{what} sent something that is not an event: {line[:200]!r}") from e
                 if kind == "ERROR":
                     code = int(obj.get("code", 0) or 0)
-                    raise _error(code, json.dumps(obj).encode(), "watch datadownloads")
+                    raise _error(code, json.dumps(obj).encode(), what)
                 yield kind, obj
         finally:
             resp.release()
 
-    async def get_datadownload(self, name: str) -> Obj:
+    async def get_object(self, resource: CustomResource, name: str) -> Obj:
         return await self._call(
-            f"get datadownload {self.namespace}/{name}",
+            f"get {resource.singular} {self.namespace}/{name}",
             self._custom.get_namespaced_custom_object(
-                GROUP, DD_VERSION, self.namespace, DD_PLURAL, name, _preload_content=False
+                resource.group, resource.version, self.namespace, resource.plural, name, _preload_content=False
             ),
         )
 
-    async def patch_datadownload(self, name: str, patch: Obj, *, status: bool) -> Obj:
+    async def patch_object(self, resource: CustomResource, name: str, patch: Obj, *, status: bool) -> Obj:
         """A JSON merge patch, through ``/status`` when ``status`` is true."""
         method = (
             self._custom.patch_namespaced_custom_object_status
@@ -205,12 +224,12 @@ class Kube:
             else self._custom.patch_namespaced_custom_object
         )
         return await self._call(
-            f"update datadownload {self.namespace}/{name}",
+            f"update {resource.singular} {self.namespace}/{name}",
             method(
-                GROUP,
-                DD_VERSION,
+                resource.group,
+                resource.version,
                 self.namespace,
-                DD_PLURAL,
+                resource.plural,
                 name,
                 patch,
                 _content_type=MERGE_PATCH,  # type: ignore[call-arg]
@@ -218,15 +237,7 @@ class Kube:
             ),
         )
 
-    # --- what a restore needs --------------------------------------------------------------------------
-
-    async def get_bsl(self, name: str) -> Obj:
-        return await self._call(
-            f"get backupstoragelocation {self.namespace}/{name}",
-            self._custom.get_namespaced_custom_object(
-                GROUP, BSL_VERSION, self.namespace, BSL_PLURAL, name, _preload_content=False
-            ),
-        )
+    # --- built-ins -------------------------------------------------------------------------------------
 
     async def get_secret(self, name: str) -> Obj:
         """A Secret of Velero's namespace (the agent may read no other)."""

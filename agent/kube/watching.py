@@ -1,4 +1,5 @@
-"""List, then watch, DataDownloads: the controller's only source of change.
+"""List, then watch, the objects of one custom resource (DataDownloads, for the controller): a
+controller's only source of change.
 
 The list's resourceVersion starts the watch; each event (bookmarks included) advances it, so a watch
 that ends (its timeout) or is cut (a dropped connection) resumes exactly where it was. A 410 (the server
@@ -15,7 +16,7 @@ import random
 from collections.abc import Callable
 
 from agent.errors import KubeError, KubeExpired
-from agent.kube.api import Kube, Obj
+from agent.kube.api import CustomResource, Kube, Obj
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,9 @@ Deliver = Callable[[str, Obj | None], None]
 
 
 class Watcher:
-    def __init__(self, kube: Kube, timeout_s: float, deliver: Deliver) -> None:
+    def __init__(self, kube: Kube, resource: CustomResource, timeout_s: float, deliver: Deliver) -> None:
         self._kube = kube
+        self._resource = resource
         self._timeout_s = timeout_s
         self._deliver = deliver
         self._known: set[str] = set()
@@ -60,11 +62,11 @@ class Watcher:
         while True:
             try:
                 if rv is None:
-                    items, rv = await self._kube.list_datadownloads()
+                    items, rv = await self._kube.list_objects(self._resource)
                     self.lists += 1
-                    log.info("listed %d datadownloads", len(items), extra={"resourceVersion": rv})
+                    log.info("listed %d %s", len(items), self._resource.plural, extra={"resourceVersion": rv})
                     self._relist(items)
-                async for kind, obj in self._kube.watch_datadownloads(rv, self._timeout_s):
+                async for kind, obj in self._kube.watch_objects(self._resource, rv, self._timeout_s):
                     if kind == "OPEN":
                         self.opened.set()
                         failures = 0
@@ -79,5 +81,5 @@ class Watcher:
                 self.opened.clear()
                 failures += 1
                 delay = random.uniform(0.5, 1.0) * min(30.0, 0.25 * 2 ** min(failures, 8))  # noqa: S311
-                log.warning("watching datadownloads failed (%s); again in %.1f s", e, delay)
+                log.warning("watching %s failed (%s); again in %.1f s", self._resource.plural, e, delay)
                 await asyncio.sleep(delay)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from agent.errors import ConfigError, KubeNotFound, LocationError
 from agent.kube.api import Kube, Obj
 from agent.settings import S3Settings, check_endpoint, parse_bool
+from agent.velero.objects import BACKUP_STORAGE_LOCATIONS
 
 SERVED_PROVIDERS = frozenset({"aws", "velero.io/aws", "s3"})
 _OTHER_CLOUDS = {"azure": "Azure Blob Storage", "gcp": "Google Cloud Storage"}
@@ -77,7 +78,7 @@ class LocationResolver:
         ns = self._kube.namespace
         what = f"BackupStorageLocation {ns}/{name}"
         try:
-            bsl = await self._kube.get_bsl(name)
+            bsl = await self._kube.get_object(BACKUP_STORAGE_LOCATIONS, name)
         except KubeNotFound:
             raise LocationError(f"{what} does not exist; create it or fix spec.backupStorageLocation") from None
         spec = bsl.get("spec") or {}

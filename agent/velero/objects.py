@@ -10,10 +10,13 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.kube.api import CustomResource
 from agent.kube.events import ObjectRef
 from agent.kube.times import parse_time
 
-API_VERSION = "velero.io/v2alpha1"
+DATADOWNLOADS = CustomResource("velero.io", "v2alpha1", "datadownloads", "datadownload")
+BACKUP_STORAGE_LOCATIONS = CustomResource("velero.io", "v1", "backupstoragelocations", "backupstoragelocation")
+API_VERSION = DATADOWNLOADS.group_version
 
 NEW = "New"
 ACCEPTED = "Accepted"

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from agent.errors import KubeConflict, KubeError, KubeNotFound
 from agent.kube.api import Kube, Obj
-from agent.velero.objects import DataDownload
+from agent.velero.objects import DATADOWNLOADS, DataDownload
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class StatusWriter:
                 patch["status"] = fields
             try:
                 written = DataDownload.from_obj(
-                    await self._kube.patch_datadownload(current.name, patch, status=via_status)
+                    await self._kube.patch_object(DATADOWNLOADS, current.name, patch, status=via_status)
                 )
             except KubeNotFound:
                 return None
@@ -85,7 +85,7 @@ class StatusWriter:
                     return current
                 continue
             try:
-                current = DataDownload.from_obj(await self._kube.get_datadownload(dd.name))
+                current = DataDownload.from_obj(await self._kube.get_object(DATADOWNLOADS, dd.name))
                 seen(current)
             except KubeNotFound:
                 return None
