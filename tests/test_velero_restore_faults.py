@@ -22,7 +22,7 @@ from tests.support.velero import (
     NS,
     assert_nothing_left,
     cleaned_up,
-    finalizer_satisfied,
+    handed_over,
     progress,
     start_restore,
     start_workload,
@@ -406,19 +406,8 @@ async def test_ended_by_velero_after_the_target_names_the_pv(
                 await stack.enter_async_context(killable_agent(w.settings("node-a")))
             await wait_released(cluster, restore)  # with three agents, the others cleaned up meanwhile
             hold.release()
-            await cluster.kube.wait_for(
-                "persistentvolumeclaims", "data", "app", lambda _: finalizer_satisfied(cluster.kube, restore)
-            )
-            await wait_running(cluster, "app", pod)
-            restored = w.sim.pod_volume("app", pod, "data")
+            restored = await handed_over(w, restore, pod)
             assert (restored / "note.txt").read_bytes() == (source / "note.txt").read_bytes()
-            await w.sim.settled()
-            assert_nothing_left(cluster, restore)
-            claim = cluster.kube.get("persistentvolumeclaims", "data", namespace="app")
-            assert claim is not None
-            pv = cluster.kube.get("persistentvolumes", claim["spec"]["volumeName"])
-            assert pv is not None
-            assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
 
 
 @pytest.mark.parametrize("after", ['"Accepted"', '"Prepared"', '"InProgress"', "ferry.dev/restored-pv"])

@@ -12,12 +12,10 @@ import pytest
 from tests.support.cluster import Cluster, killable_agent
 from tests.support.velero import (
     NS,
-    assert_nothing_left,
-    finalizer_satisfied,
+    handed_over,
     start_restore,
     start_workload,
     wait_done,
-    wait_running,
     world,
 )
 
@@ -59,17 +57,6 @@ async def test_killed_after_each_step_finishes_on_restart(
             done = await wait_done(cluster, restore)
             assert done["status"]["phase"] == "Completed", done["status"].get("message")
             assert done["status"]["progress"]["bytesDone"] == done["status"]["progress"]["totalBytes"]
-            await cluster.kube.wait_for(
-                "persistentvolumeclaims", "data", "app", lambda _: finalizer_satisfied(cluster.kube, restore)
-            )
-            await wait_running(cluster, "app", pod)
-            restored = w.sim.pod_volume("app", pod, "data")
+            restored = await handed_over(w, restore, pod)
             assert (restored / "note.txt").read_bytes() == (source / "note.txt").read_bytes()
-            await w.sim.settled()
-            assert_nothing_left(cluster, restore)
-            claim = cluster.kube.get("persistentvolumeclaims", "data", namespace="app")
-            assert claim is not None
-            pv = cluster.kube.get("persistentvolumes", claim["spec"]["volumeName"])
-            assert pv is not None
-            assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
             assert cluster.kube.get("datadownloads", restore.datadownload, namespace=NS) is not None

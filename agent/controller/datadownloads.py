@@ -56,7 +56,7 @@ from agent.expose.rebind import Done, Pending, Rebinder, Record
 from agent.expose.volumes import Volume, VolumeFinder
 from agent.kube.api import Kube, Obj
 from agent.kube.events import EventRecorder
-from agent.kube.times import now, parse_time, timestamp
+from agent.kube.times import now, parse_time, seconds_since, timestamp
 from agent.kube.watching import Watcher
 from agent.metrics import Metrics
 from agent.settings import AgentSettings, parse_duration
@@ -371,7 +371,7 @@ class DataDownloadController:
                 await self.finish(dd, FAILED, f"{problem}; the restore cannot go on without it", *phases)
                 return None
         base = dd.accepted_at or dd.created
-        waited = (now() - base).total_seconds() if base else 0.0
+        waited = seconds_since(base)
         if waited >= timeout:
             if not dd.in_place:
                 what = f"restore PVC {dd.namespace}/{dd.name} to be mounted on node {self.me} by its restore pod"
@@ -440,7 +440,7 @@ class DataDownloadController:
         subresource the claim is two writes, and that agent may have died between them): after the prepare
         timeout any agent may claim it again."""
         since = dd.accepted_at or dd.created
-        return since is None or (now() - since).total_seconds() >= self.settings.prepare_timeout_s
+        return since is None or seconds_since(since) >= self.settings.prepare_timeout_s
 
     async def _prepare_in_place(self, dd: DataDownload, volume: Volume | None = None) -> float | None:
         if volume is None:
@@ -478,7 +478,7 @@ class DataDownloadController:
             await self.finish(dd, CANCELED, "canceled before the restore started", ACCEPTED, anyone=True)
             return 0.0
         since = dd.accepted_at or dd.created
-        waited = (now() - since).total_seconds() if since else 0.0
+        waited = seconds_since(since)
         left = self.settings.prepare_timeout_s - waited
         if left <= 0:
             await self.finish(
@@ -516,7 +516,7 @@ class DataDownloadController:
             await self.finish(dd, FAILED, message, ACCEPTED)
             return 0.0
         if pod.unschedulable:
-            stuck = (now() - pod.unschedulable_since).total_seconds() if pod.unschedulable_since else 0.0
+            stuck = seconds_since(pod.unschedulable_since)
             if stuck >= self.settings.unschedulable_grace_s:
                 message = f"restore pod {where.restore} cannot be scheduled: {pod.unschedulable}"
                 await self.finish(dd, FAILED, message, ACCEPTED)
@@ -535,7 +535,7 @@ class DataDownloadController:
 
     def _default_wait(self, dd: DataDownload, exists: bool = True, running: bool = False) -> str:
         """What an Accepted DataDownload waits for, as far as its annotations (and the pod) tell."""
-        restore = f"{dd.namespace}/{dd.name}"
+        restore = self.exposure(dd).restore
         if dd.restore_node and (running or dd.accepted_by != self.me):
             return (
                 f"the Ferry agent on node {dd.restore_node}, where restore pod {restore} runs, to find its volume "
@@ -622,7 +622,7 @@ class DataDownloadController:
         # An agent back from an absence longer than the timeout gets the whole timeout again: the time it
         # was away is not time the cluster kept it waiting.
         waited = min(
-            (now() - started).total_seconds() if started else 0.0,
+            seconds_since(started),
             time.monotonic() - tracked.rebind_since,
         )
         limit = self.timeout_s(dd)

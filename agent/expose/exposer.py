@@ -21,7 +21,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from agent.errors import KubeConflict, KubeNotFound, VolumeError
 from agent.kube.api import Kube, Obj
@@ -280,25 +280,17 @@ class RestoreExposer:
         the provisioner deletes the volume) unless that PV is ``keep_pv``; objects of those names that are
         not ours are left alone. Returns what is still going away (empty once nothing is left). Idempotent."""
         left: list[str] = []
-        try:
-            pod = await self._kube.get_pod(where.namespace, where.name)
-            if owned(pod, where.owner_uid):
-                if not (pod.get("metadata") or {}).get("deletionTimestamp"):
-                    await self._kube.delete_pod(where.namespace, where.name)
-                left.append(f"pod {where.restore}")
-        except KubeNotFound:
-            pass
-        try:
-            pvc = await self._kube.get_pvc(where.namespace, where.name)
-        except KubeNotFound:
-            return left
-        if not owned(pvc, where.owner_uid):
+        pod = await find_ours(self._kube, "pod", where)
+        if pod is not None:
+            await retire(self._kube, "pod", where, pod)
+            left.append(f"pod {where.restore}")
+        pvc = await find_ours(self._kube, "PVC", where)
+        if pvc is None:
             return left
         pv = str((pvc.get("spec") or {}).get("volumeName") or "")
         if pv and pv != keep_pv:
             await self.discard_pv(pv)
-        if not (pvc.get("metadata") or {}).get("deletionTimestamp"):
-            await self._kube.delete_pvc(where.namespace, where.name)
+        await retire(self._kube, "PVC", where, pvc)
         left.append(f"PVC {where.restore}")
         return left
 
@@ -313,6 +305,26 @@ class RestoreExposer:
                 await self._kube.patch_pv(pv, {"spec": {"persistentVolumeReclaimPolicy": "Delete"}})
         if delete and not (found.get("metadata") or {}).get("deletionTimestamp"):
             await self._kube.delete_pv(pv)
+
+
+async def find_ours(kube: Kube, kind: Literal["pod", "PVC"], where: Exposure) -> Obj | None:
+    """The restore pod or PVC of ``where`` if it exists and is ours (another object of that name is not)."""
+    get = kube.get_pod if kind == "pod" else kube.get_pvc
+    try:
+        found = await get(where.namespace, where.name)
+    except KubeNotFound:
+        return None
+    return found if owned(found, where.owner_uid) else None
+
+
+async def retire(kube: Kube, kind: Literal["pod", "PVC"], where: Exposure, found: Obj) -> bool:
+    """Delete the restore pod or PVC ``found`` (as ``find_ours`` returned it) unless it is already going;
+    True when the delete was asked for now."""
+    if (found.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    delete = kube.delete_pod if kind == "pod" else kube.delete_pvc
+    await delete(where.namespace, where.name)
+    return True
 
 
 def pod_state(pod: Obj) -> PodState:

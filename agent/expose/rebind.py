@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.errors import KubeNotFound, VolumeError
-from agent.expose.exposer import Exposure, owned
+from agent.expose.exposer import Exposure, find_ours, owned, retire
 from agent.kube.api import Kube, Obj
 
 BIND_COMPLETED = "pv.kubernetes.io/bind-completed"
@@ -111,20 +111,11 @@ class Rebinder:
             await kube.patch_pv(record.pv, {"spec": {"persistentVolumeReclaimPolicy": "Retain"}})
             return Pending(f"PV {record.pv} to be retained", acted=True)
         # 3. The restore pod, then the restore PVC (ours only: another object of that name means ours is gone).
-        for what, get, delete in (
-            ("restore pod", kube.get_pod, kube.delete_pod),
-            ("restore PVC", kube.get_pvc, kube.delete_pvc),
-        ):
-            try:
-                found = await get(where.namespace, where.name)
-            except KubeNotFound:
-                continue
-            if not owned(found, where.owner_uid):
-                continue
-            if (found.get("metadata") or {}).get("deletionTimestamp"):
-                return Pending(f"{what} {where.restore} to be gone")
-            await delete(where.namespace, where.name)
-            return Pending(f"{what} {where.restore} to be gone", acted=True)
+        for kind in ("pod", "PVC"):
+            found = await find_ours(kube, kind, where)
+            if found is not None:
+                acted = await retire(kube, kind, where, found)
+                return Pending(f"restore {kind} {where.restore} to be gone", acted=acted)
         # 4. The target PVC names the PV.
         try:
             target = await kube.get_pvc(where.target_namespace, where.target_pvc)

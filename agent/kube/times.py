@@ -15,6 +15,11 @@ def timestamp(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def seconds_since(when: dt.datetime | None) -> float:
+    """Seconds from ``when`` to now (0 when unknown: a wait that has not visibly started)."""
+    return (now() - when).total_seconds() if when is not None else 0.0
+
+
 def parse_time(text: object) -> dt.datetime | None:
     """A timestamp written by :func:`timestamp` (or any RFC 3339 time); None when absent or malformed."""
     if not isinstance(text, str) or not text:

@@ -269,23 +269,8 @@ async def running_agent(
 ) -> AsyncIterator[Agent]:
     """An agent running in this event loop, watching before the body starts; stopped (SIGTERM's path) after.
     ``wrap`` may wrap the agent's real data path (e.g. to count restores)."""
-    agent = Agent(settings)
-    if wrap is not None:
-        agent.restorer = wrap(agent.restorer)
-    stop = asyncio.Event()
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(agent.run(stop), name=f"agent {settings.node_name}")
-        try:
-            async with asyncio.timeout(15):
-                await agent.started.wait()
-                assert agent.controller is not None
-                await agent.controller.watcher.opened.wait()
-            yield agent
-        finally:
-            stop.set()
-            if not task.done():
-                async with asyncio.timeout(settings.shutdown_grace_s + 10):
-                    await asyncio.wait([task])
+    async with killable_agent(settings, wrap) as handle:
+        yield handle.agent
 
 
 async def start_held_restore(
@@ -315,9 +300,14 @@ class Killable:
 
 
 @asynccontextmanager
-async def killable_agent(settings: AgentSettings) -> AsyncIterator[Killable]:
-    """Like ``running_agent``, plus ``kill()``; stopped gracefully at the end if still alive."""
+async def killable_agent(
+    settings: AgentSettings, wrap: Callable[[Restorer], Restorer] | None = None
+) -> AsyncIterator[Killable]:
+    """An agent running in this event loop, watching before the body starts, that can be ``kill()``-ed; stopped
+    (SIGTERM's path) at the end if still alive. ``wrap`` may wrap its real data path."""
     agent = Agent(settings)
+    if wrap is not None:
+        agent.restorer = wrap(agent.restorer)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop), name=f"agent {settings.node_name}")
     handle = Killable(agent, task)

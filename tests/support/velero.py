@@ -292,3 +292,22 @@ async def cleaned_up(w: World, restore: Restore) -> None:
     await wait_released(w.cluster, restore)
     await w.sim.settled()
     assert_nothing_left(w.cluster, restore)
+
+
+async def handed_over(w: World, restore: Restore, pod: str) -> Path:
+    """Wait until the application's PVC and its PV are bound to each other (what Velero's restore finalizer
+    waits for) and the application's ``pod`` runs; then assert that nothing of the restore is left and that
+    the PV's reclaim policy is back to its class's (Delete). Returns the volume as the pod sees it."""
+    kube = w.cluster.kube
+    await kube.wait_for(
+        "persistentvolumeclaims", restore.pvc, restore.pvc_namespace, lambda _: finalizer_satisfied(kube, restore)
+    )
+    await wait_running(w.cluster, restore.pvc_namespace, pod)
+    await w.sim.settled()
+    assert_nothing_left(w.cluster, restore)
+    claim = kube.get("persistentvolumeclaims", restore.pvc, namespace=restore.pvc_namespace)
+    assert claim is not None
+    pv = kube.get("persistentvolumes", claim["spec"]["volumeName"])
+    assert pv is not None
+    assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+    return w.sim.pod_volume(restore.pvc_namespace, pod, restore.pvc)
