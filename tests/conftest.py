@@ -16,6 +16,7 @@ from agent.storage.local import LocalStorage
 from agent.storage.s3 import S3Storage
 from tests.support.kube import KubeServer, velero_crds
 from tests.support.kube.rbac import denials, excess_grants
+from tests.support.kube.snapshot_crds import snapshot_crds
 from tests.support.loop import attached_loop
 from tests.support.seaweed import SeaweedServer, make_bucket, s3_settings_for
 
@@ -112,14 +113,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 async def _started_kube(status_subresource: bool) -> KubeServer:
-    server = await KubeServer(velero_crds(status_subresource=status_subresource)).start()
+    server = await KubeServer(velero_crds(status_subresource=status_subresource) + snapshot_crds()).start()
     server.create("namespaces", {"metadata": {"name": "velero"}})
     return server
 
 
 @pytest.fixture
 async def kube() -> AsyncIterator[KubeServer]:
-    """A started strict test apiserver with Velero's CRDs as Velero ships them, and namespace ``velero``."""
+    """A started strict test apiserver with Velero's CRDs as Velero ships them, the CSI snapshot CRDs
+    (``snapshot.storage.k8s.io/v1``), and namespace ``velero``."""
     server = await _started_kube(status_subresource=False)
     try:
         yield server

@@ -114,15 +114,15 @@ async def test_core_discovery_lists_builtins_and_their_status_subresources(api: 
 
 async def test_apis_lists_the_crd_groups(api: client.ApiClient) -> None:
     groups = (await client.ApisApi(api).get_api_versions()).groups
-    assert [g.name for g in groups] == ["storage.k8s.io", "velero.io"]
-    assert {v.version for v in groups[0].versions} == {"v1"}
-    assert {v.version for v in groups[1].versions} == {"v1", "v2alpha1"}
-    assert groups[1].preferred_version.version == "v1"
+    assert [g.name for g in groups] == ["snapshot.storage.k8s.io", "storage.k8s.io", "velero.io"]
+    assert {v.version for v in groups[1].versions} == {"v1"}
+    assert {v.version for v in groups[2].versions} == {"v1", "v2alpha1"}
+    assert groups[2].preferred_version.version == "v1"
 
 
 async def test_velero_discovery_without_status_subresource(custom: client.CustomObjectsApi) -> None:
     found = await custom.get_api_resources(G, V)
-    assert [r.name for r in found.resources] == ["datadownloads"]
+    assert [r.name for r in found.resources] == ["datadownloads", "datauploads"]
     dd = found.resources[0]
     assert dd.namespaced
     assert dd.kind == "DataDownload"
@@ -133,12 +133,17 @@ async def test_velero_discovery_without_status_subresource(custom: client.Custom
     ]
 
 
-async def test_velero_discovery_lists_datadownloads_status_only_when_declared(
+async def test_velero_discovery_lists_status_subresources_only_when_declared(
     kube_status: KubeServer, tmp_path: Path
 ) -> None:
     async with api_client(kube_status, tmp_path) as api:
         found = await client.CustomObjectsApi(api).get_api_resources(G, V)
-    assert [r.name for r in found.resources] == ["datadownloads", "datadownloads/status"]
+    assert [r.name for r in found.resources] == [
+        "datadownloads",
+        "datadownloads/status",
+        "datauploads",
+        "datauploads/status",
+    ]
     assert sorted(found.resources[1].verbs) == ["get", "patch", "update"]
 
 
@@ -618,9 +623,10 @@ async def test_the_server_serves_velero_own_crd_files(tmp_path: Path) -> None:
 
 def test_velero_crds_flavours_differ_only_in_the_status_subresource() -> None:
     plain, status = velero_crds(), velero_crds(status_subresource=True)
-    assert plain[0]["spec"]["versions"][0]["subresources"] == {}
-    assert status[0]["spec"]["versions"][0]["subresources"] == {"status": {}}
-    status[0]["spec"]["versions"][0]["subresources"] = {}
+    for index in (0, 1):  # DataDownload, DataUpload
+        assert plain[index]["spec"]["versions"][0]["subresources"] == {}
+        assert status[index]["spec"]["versions"][0]["subresources"] == {"status": {}}
+        status[index]["spec"]["versions"][0]["subresources"] = {}
     assert plain == status
 
 

@@ -24,9 +24,10 @@ async def test_fixtures_start_servers_with_namespace_velero_and_the_two_crd_flav
     assert kube.url.startswith("http://127.0.0.1:")
     assert [n["metadata"]["name"] for n in kube.list("namespaces")] == ["default", NS]
     async with raw_session(kube) as http, http.get(f"/apis/{G}/{V}") as plain:
-        assert [r["name"] for r in (await plain.json())["resources"]] == [DD]
+        assert [r["name"] for r in (await plain.json())["resources"]] == [DD, "datauploads"]
     async with raw_session(kube_status) as http, http.get(f"/apis/{G}/{V}") as split:
-        assert [r["name"] for r in (await split.json())["resources"]] == [DD, f"{DD}/status"]
+        names = [r["name"] for r in (await split.json())["resources"]]
+        assert names == [DD, f"{DD}/status", "datauploads", "datauploads/status"]
 
 
 def test_direct_writes_follow_the_http_rules(kube: KubeServer) -> None:

@@ -368,7 +368,7 @@ async def test_a_forbidden_call_is_a_403_status_through_kubernetes_asyncio(kube:
         )
         assert body["details"] == {"kind": "persistentvolumes"}
         resources = await custom.get_api_resources(G, V)  # discovery: always allowed
-        assert {r.name for r in resources.resources} == {DD}
+        assert {r.name for r in resources.resources} == {DD, "datauploads"}
     assert kube.get(DD, "dd", NS) is not None
     assert [r.status for r in kube.requests][-1] == 200
 

@@ -5,7 +5,8 @@ exactly as it would reach a real cluster. ``tests/test_kube_contract*.py`` pins 
 
 Modelled
     * Resources: the custom resources of the CRDs it is given (``velero_crds(version)`` for each Velero
-      release in ``VELERO_VERSIONS``, or Velero's own YAML, loaded by the caller), and core/v1 namespaces,
+      release in ``VELERO_VERSIONS``, or Velero's own YAML, loaded by the caller; ``snapshot_crds()``, the
+      CSI snapshot kinds of ``snapshot.storage.k8s.io/v1``, namespaced or cluster-scoped), and core/v1 namespaces,
       secrets, pods, persistentvolumeclaims, persistentvolumes and events. Verbs: list (per namespace and
       across namespaces), watch, get, create, update, patch, delete; ``/status`` where the kind has it
       (CRDs: only when declared).
@@ -23,7 +24,9 @@ Modelled
     * The status split: main writes keep ``.status``, ``/status`` writes take only ``.status``; built-ins
       with a status get their initial phase on create (Pending; namespaces Active).
     * Custom-resource schemas: unknown fields pruned (or 400 with ``fieldValidation=Strict``), defaults,
-      type/enum/required/nullable/format violations as 422 with ``details.causes``.
+      type/enum/required/nullable/format/pattern/minimum violations as 422 with ``details.causes``, and the
+      CEL rule shapes the snapshot CRDs use (exactly-one-of, immutable, required once set, non-empty; any
+      other rule is refused when the CRD is loaded; see :mod:`.schema`).
     * Patches: merge-patch and JSON patch everywhere; strategic merge on built-ins only, modelled as a
       merge patch that merges the usual keyed lists (see :mod:`.patches`).
     * Finalizers (delete marks ``deletionTimestamp``; removing the last finalizer deletes), lists with
@@ -45,6 +48,13 @@ Modelled
       DeleteOptions body, else ``spec.terminationGracePeriodSeconds``, else 30) and keeps it (MODIFIED); a
       later DELETE may shorten it; grace period 0, or a pod on no node, removes it at once. (These last three
       are pinned in ``tests/test_sim_contract.py``.)
+    * PVCs: ``dataSource`` and ``dataSourceRef`` each filled from the other on create (422 if both are given
+      and differ), as the apiserver's NormalizeDataSources.
+    * Namespace termination: a new namespace gets ``spec.finalizers: [kubernetes]`` (changed only through
+      ``PUT .../namespaces/<n>/finalize``, or the Python controls); DELETE marks it (``deletionTimestamp``,
+      phase Terminating) and keeps it until ``spec.finalizers`` is empty; creating anything in a terminating
+      namespace is 403 ("unable to create new content in namespace X because it is being terminated"). Who
+      empties it is :mod:`tests.support.sim` (``tests/test_sim_snapshots.py`` pins these).
 
 Refused loudly (an error naming what is not modelled, never a silent approximation)
     server-side apply (415), protobuf/YAML/Table-only ``Accept`` (406), ``sendInitialEvents`` (watch-list),
@@ -57,15 +67,15 @@ Test controls (Python, same rules as the HTTP verbs): ``create``/``get``/``updat
 (woken by each write, never polling), ``fail_next`` (inject a Status error), ``requests`` (what was
 asked, and the answer's code), ``expire_history``, ``drop_watches``, ``send_bookmarks``, ``watch_count``.
 
-Modules: ``crds`` (Velero's CRDs in Python), ``resources`` (kinds, discovery, admission), ``schema``
-(prune/default/validate), ``meta`` (ObjectMeta), ``patches``, ``selectors``, ``store`` (write rules,
-history, snapshots), ``watches`` (subscriptions), ``handlers`` (HTTP routing and verbs), ``server``
-(``KubeServer``), ``rbac`` (authorization, tokens, usage), ``kubeconfig``, ``clients`` (client helpers and
-sample objects for tests).
+Modules: ``crds`` (Velero's CRDs in Python), ``snapshot_crds`` (the CSI snapshot CRDs), ``resources``
+(kinds, discovery, admission), ``schema`` (prune/default/validate/CEL), ``meta`` (ObjectMeta), ``patches``,
+``selectors``, ``store`` (write rules, history, snapshots), ``watches`` (subscriptions), ``handlers`` (HTTP
+routing and verbs), ``server`` (``KubeServer``), ``rbac`` (authorization, tokens, usage), ``kubeconfig``,
+``clients`` (client helpers and sample objects for tests).
 
-Not modelled at all: admission webhooks, garbage collection of owned objects, namespace
-termination, managedFields. The kubelet, scheduler, PV binder and provisioner are not part of the
-server: tests play them through the Python controls, or run :mod:`tests.support.sim` (``SimCluster``).
+Not modelled at all: admission webhooks, garbage collection of owned objects, managedFields. The kubelet,
+scheduler, PV binder, provisioner and the snapshot and namespace controllers are not part of the server:
+tests play them through the Python controls, or run :mod:`tests.support.sim` (``SimCluster``).
 """
 
 from .crds import VELERO_VERSIONS, velero_crds

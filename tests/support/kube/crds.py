@@ -265,13 +265,15 @@ def _crd(
 
 
 def velero_crds(
-    version: str = LATEST, status_subresource: bool = False, *, data_uploads: bool = False
+    version: str = LATEST, status_subresource: bool = False, *, data_uploads: bool = True
 ) -> list[dict[str, Any]]:
-    """DataDownload (velero.io/v2alpha1) and BackupStorageLocation (velero.io/v1) as Velero ``version``
-    (one of :data:`VELERO_VERSIONS`, default the newest) ships them; with ``data_uploads``, DataUpload too.
+    """DataDownload, DataUpload (velero.io/v2alpha1) and BackupStorageLocation (velero.io/v1) as Velero
+    ``version`` (one of :data:`VELERO_VERSIONS`, default the newest) ships them; DataUpload left out when
+    ``data_uploads`` is false.
 
     ``status_subresource=False`` is Velero's own flavour (``subresources: {}``: the status is written with
-    the main resource and bumps ``generation``); ``True`` gives DataDownload a ``/status`` subresource.
+    the main resource and bumps ``generation``); ``True`` gives DataDownload and DataUpload a ``/status``
+    subresource.
     """
     _release(version)
     dd_subresources: dict[str, Any] = {"status": {}} if status_subresource else {}
@@ -281,5 +283,6 @@ def velero_crds(
         _crd("BackupStorageLocation", "backupstoragelocations", "v1", bsl, {}, ["bsl"]),
     ]
     if data_uploads:
-        crds.insert(1, _crd("DataUpload", "datauploads", "v2alpha1", data_upload_schema(version), {}, []))
+        du_schema = data_upload_schema(version)
+        crds.insert(1, _crd("DataUpload", "datauploads", "v2alpha1", du_schema, dict(dd_subresources), []))
     return crds

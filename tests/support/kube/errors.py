@@ -75,6 +75,14 @@ def already_exists(qualified: str, name: str) -> KubeError:
     return KubeError(409, f'{qualified} "{name}" already exists', "AlreadyExists", _details(qualified, name))
 
 
+def forbidden(qualified: str, name: str, why: str, causes: list[dict[str, str]] | None = None) -> KubeError:
+    """403 as admission answers it: ``<resource> "<name>" is forbidden: <why>``."""
+    details: dict[str, Any] = _details(qualified, name)
+    if causes:
+        details["causes"] = causes
+    return KubeError(403, f'{qualified} "{name}" is forbidden: {why}', "Forbidden", details)
+
+
 def conflict(qualified: str, name: str, why: str) -> KubeError:
     message = f'Operation cannot be fulfilled on {qualified} "{name}": {why}'
     return KubeError(409, message, "Conflict", _details(qualified, name))

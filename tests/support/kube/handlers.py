@@ -170,8 +170,15 @@ class Api:
                 raise not_allowed()
             return web.json_response(document)
         target = parse_target(parts, self.types)
-        if target.subresource is not None and (target.subresource != "status" or not target.rtype.has_status):
+        finalize = target.subresource == "finalize" and target.rtype.builtin and target.rtype.plural == "namespaces"
+        if (
+            target.subresource is not None
+            and not finalize
+            and (target.subresource != "status" or not target.rtype.has_status)
+        ):
             raise NOT_FOUND
+        if finalize and request.method != "PUT":
+            raise not_allowed()
         if target.name is None:
             return await self._collection(request, target, on_stream)
         return await self._object(request, target)
@@ -215,7 +222,9 @@ class Api:
 
     async def _object(self, request: web.Request, target: Target) -> web.StreamResponse:
         rtype, name, query = target.rtype, target.name or "", request.query
-        mode: Mode = "status" if target.subresource else "main"
+        mode: Mode = "main"
+        if target.subresource:
+            mode = "finalize" if target.subresource == "finalize" else "status"
         strict = query.get("fieldValidation") == "Strict"
         if request.method == "GET":
             if flag(query, "watch"):

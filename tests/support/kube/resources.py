@@ -142,6 +142,7 @@ def from_crd(crd: dict[str, Any]) -> list[ResourceType]:
                 schema=copy.deepcopy(version["schema"]["openAPIV3Schema"]),
             )
         )
+        schema.check_rules(version["schema"]["openAPIV3Schema"], f"{names['plural']}.{spec['group']}")
     return types
 
 
@@ -230,13 +231,44 @@ PVC_SPEC_IMMUTABLE = (
 )
 
 
+NAMESPACE_FINALIZER = "kubernetes"
+
+
 def admit_new(rtype: ResourceType, obj: dict[str, Any]) -> None:
-    """Admission on create only (after :func:`admit`): the protection finalizers of PVCs and PVs."""
-    finalizer = ADMISSION_FINALIZERS.get(rtype.plural) if rtype.builtin and not rtype.group else None
+    """Admission on create only (after :func:`admit`): the protection finalizers of PVCs and PVs, a PVC's
+    ``dataSource``/``dataSourceRef`` each filled from the other (the apiserver's NormalizeDataSources), and a
+    namespace's ``spec.finalizers`` gaining ``kubernetes`` (what the namespace controller removes once the
+    namespace is empty)."""
+    core = rtype.builtin and not rtype.group
+    finalizer = ADMISSION_FINALIZERS.get(rtype.plural) if core else None
     if finalizer is not None:
         finalizers = obj["metadata"].setdefault("finalizers", [])
         if finalizer not in finalizers:
             finalizers.append(finalizer)
+    if core and rtype.plural == "persistentvolumeclaims":
+        _normalise_data_sources(obj)
+    if core and rtype.plural == "namespaces":
+        spec = obj.setdefault("spec", {})
+        if not isinstance(spec, dict):
+            raise invalid("Namespace", obj["metadata"].get("name", ""), [Cause("spec", "FieldValueTypeInvalid", "")])
+        if NAMESPACE_FINALIZER not in (spec.get("finalizers") or []):
+            spec["finalizers"] = [*(spec.get("finalizers") or []), NAMESPACE_FINALIZER]
+
+
+def _normalise_data_sources(claim: dict[str, Any]) -> None:
+    spec = claim.get("spec")
+    if not isinstance(spec, dict):
+        return
+    source, ref = spec.get("dataSource"), spec.get("dataSourceRef")
+    if isinstance(source, dict) and ref is None:
+        spec["dataSourceRef"] = {k: source[k] for k in ("apiGroup", "kind", "name") if k in source}
+    elif isinstance(ref, dict) and source is None and not ref.get("namespace"):
+        spec["dataSource"] = {k: ref[k] for k in ("apiGroup", "kind", "name") if k in ref}
+    elif isinstance(source, dict) and isinstance(ref, dict):
+        same = all(source.get(k) == ref.get(k) for k in ("apiGroup", "kind", "name")) and not ref.get("namespace")
+        if not same:
+            cause = Cause("spec.dataSource", "FieldValueInvalid", "Invalid value: must match dataSourceRef")
+            raise invalid("PersistentVolumeClaim", claim["metadata"].get("name", ""), [cause])
 
 
 def _mutable_part_removed(spec: Any) -> Any:
@@ -267,13 +299,16 @@ def admit_change(rtype: ResourceType, old: dict[str, Any], new: dict[str, Any]) 
         )
 
 
-def admit(rtype: ResourceType, obj: dict[str, Any], *, strict_fields: bool = False) -> dict[str, Any]:
-    """The object as it would be stored, or a 422 (400 for unknown fields under fieldValidation=Strict)."""
+def admit(
+    rtype: ResourceType, obj: dict[str, Any], *, strict_fields: bool = False, old: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The object as it would be stored, or a 422 (400 for unknown fields under fieldValidation=Strict);
+    ``old`` is the stored object on updates (for the transition rules of custom resources)."""
     obj = copy.deepcopy(obj)
     obj["metadata"] = prune_metadata(obj.get("metadata") or {})
     causes = validate_metadata(obj["metadata"], dns_label=rtype.plural == "namespaces")
     if rtype.schema is not None:
-        obj, dropped, schema_causes = schema.admit_custom(obj, rtype.schema)
+        obj, dropped, schema_causes = schema.admit_custom(obj, rtype.schema, old)
         if strict_fields and dropped:
             raise bad_request("strict decoding error: " + ", ".join(f'unknown field "{p}"' for p in dropped))
         causes += schema_causes

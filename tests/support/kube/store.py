@@ -24,6 +24,7 @@ from .errors import (
     bad_request,
     conflict,
     expired,
+    forbidden,
     invalid,
     not_found,
 )
@@ -33,7 +34,7 @@ from .selectors import Matcher
 from .watches import Change, Revision, Watcher
 
 Key = tuple[str, str]  # (namespace or "", name)
-Mode = Literal["main", "status", "full"]  # which part of the object a write may change
+Mode = Literal["main", "status", "finalize", "full"]  # which part of the object a write may change
 _MAX_SNAPSHOTS = 64
 
 
@@ -161,9 +162,16 @@ class Store:
             self.signal()
 
     # -- writes --------------------------------------------------------------------------------
-    def _check_namespace(self, rtype: ResourceType, namespace: str | None) -> None:
-        if rtype.namespaced and ("", namespace or "") not in self._objects["namespaces"]:
+    def _check_namespace(self, rtype: ResourceType, namespace: str | None, name: str) -> None:
+        if not rtype.namespaced:
+            return
+        found = self._objects["namespaces"].get(("", namespace or ""))
+        if found is None:
             raise not_found("namespaces", namespace or "")
+        if found["metadata"].get("deletionTimestamp"):
+            why = f"unable to create new content in namespace {namespace} because it is being terminated"
+            cause = {"reason": "NamespaceTerminating", "message": f"namespace {namespace} is being terminated"}
+            raise forbidden(rtype.qualified, name, why, [{**cause, "field": "metadata.namespace"}])
 
     def create(
         self,
@@ -185,7 +193,7 @@ class Store:
             obj.pop("status", None)
         if rtype.plural in INITIAL_STATUS and rtype.group == "" and "status" not in obj:
             obj["status"] = copy.deepcopy(INITIAL_STATUS[rtype.plural])
-        self._check_namespace(rtype, namespace)
+        self._check_namespace(rtype, namespace, meta.get("name") or "")
         obj = admit(rtype, obj, strict_fields=strict)
         admit_new(rtype, obj)
         meta = obj["metadata"]
@@ -229,6 +237,10 @@ class Store:
             new = {k: copy.deepcopy(v) for k, v in old.items() if k != "status"}
             if "status" in body:
                 new["status"] = copy.deepcopy(body["status"])
+        elif mode == "finalize":  # a namespace's /finalize: only spec.finalizers
+            new = copy.deepcopy(old)
+            finalizers = (body.get("spec") or {}).get("finalizers") or []
+            new["spec"] = {**(new.get("spec") or {}), "finalizers": finalizers}
         else:
             new = copy.deepcopy(body)
             if mode == "main" and rtype.has_status:  # main writes keep the stored status
@@ -236,6 +248,9 @@ class Store:
                 if "status" in old:
                     new["status"] = copy.deepcopy(old["status"])
         new["apiVersion"], new["kind"] = rtype.api_version, rtype.kind
+        namespace_kind = rtype.builtin and rtype.plural == "namespaces"
+        if namespace_kind and mode in ("main", "status"):  # spec.finalizers change only through /finalize
+            new["spec"] = {**(new.get("spec") or {}), "finalizers": (old.get("spec") or {}).get("finalizers") or []}
         meta, old_meta = new.setdefault("metadata", {}), old["metadata"]
         meta["name"] = old_meta["name"]
         meta.pop("namespace", None)
@@ -246,7 +261,7 @@ class Store:
             if name in old_meta:
                 meta[name] = old_meta[name]
         meta["resourceVersion"] = old_meta["resourceVersion"]
-        new = admit(rtype, new, strict_fields=strict)
+        new = admit(rtype, new, strict_fields=strict, old=old)
         admit_change(rtype, old, new)
         meta = new["metadata"]
         finalizers = meta.get("finalizers") or []
@@ -264,7 +279,8 @@ class Store:
             old, drop_status=drop_status
         ):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
-        if meta.get("deletionTimestamp") and not finalizers:
+        spec_finalizers = (new.get("spec") or {}).get("finalizers") if namespace_kind else None
+        if meta.get("deletionTimestamp") and not finalizers and not spec_finalizers:
             meta.pop("finalizers", None)
             self._commit(rtype, "DELETED", old, new)
         else:
@@ -317,6 +333,15 @@ class Store:
                 f"ResourceVersion in object meta: {meta['resourceVersion']}"
             )
             raise conflict(rtype.qualified, name, why)
+        if rtype.builtin and rtype.plural == "namespaces" and (old.get("spec") or {}).get("finalizers"):
+            if meta.get("deletionTimestamp"):
+                return old
+            new = copy.deepcopy(old)
+            new["metadata"]["deletionTimestamp"] = now_rfc3339()
+            new["metadata"]["deletionGracePeriodSeconds"] = 0
+            new["status"] = {**(new.get("status") or {}), "phase": "Terminating"}
+            self._commit(rtype, "MODIFIED", old, new)
+            return new
         grace = _pod_grace_period(old, grace_period_seconds) if rtype.builtin and rtype.plural == "pods" else 0
         if grace > 0:
             current = meta.get("deletionGracePeriodSeconds")

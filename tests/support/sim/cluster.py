@@ -8,11 +8,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
-from tests.support.kube import KubeServer
+from tests.support.kube import KubeError, KubeServer
 
 from .kubelet import Kubelet
+from .namespaces import NamespaceController
 from .objects import HOSTNAME, Obj, claim_names, event, meta, spec
 from .scheduler import Scheduler
+from .snapshots import API_VERSION as SNAPSHOT_API_VERSION
+from .snapshots import DEFAULT_CLASS, VSCLASS, SnapshotController, Snapshotter, Storage
 from .storage import Binder, Protection, Provisioner
 
 
@@ -38,12 +41,18 @@ class SimCluster:
         self.failed_images: set[str] = set()
         self.failed_pods: dict[tuple[str, str], str] = {}
         self.kubelets = {node: Kubelet(self, node) for node in self.nodes}
+        self.snapshot_storage = Storage(self.root)
+        self.snapshots_paused = False
+        self.serves_snapshots = any(t.plural == "volumesnapshots" for t in kube.types)
         self._controllers: list[Controller] = [
             Binder(self),
             Provisioner(self),
             Protection(self),
             Scheduler(self),
             *self.kubelets.values(),
+            SnapshotController(self),
+            Snapshotter(self),
+            NamespaceController(self),
         ]
         self._tasks: list[asyncio.Task[None]] = []
         self._idle: dict[str, tuple[int, int] | None] = {}  # controller -> the version it last had nothing to do at
@@ -54,6 +63,7 @@ class SimCluster:
     # -- lifecycle -----------------------------------------------------------------------------
     async def __aenter__(self) -> SimCluster:
         (self.root / "storage").mkdir(parents=True, exist_ok=True)
+        self.snapshot_storage.data.mkdir(parents=True, exist_ok=True)
         for index, node in enumerate(self.nodes):
             (self.kubelet_root(node) / "pods").mkdir(parents=True, exist_ok=True)
             if self.kube.get("nodes", node) is None:
@@ -153,20 +163,88 @@ class SimCluster:
         self.failed_pods[(namespace, name)] = message
         self._poke()
 
-    def record(self, involved: Obj, reason: str, message: str, *, warning: bool = False) -> Obj:
+    def pause_snapshots(self) -> None:
+        """The driver's CreateSnapshot calls hang: new snapshots are not cut (their contents keep the
+        being-created annotation; the VolumeSnapshots stay not ready) until :meth:`resume_snapshots`."""
+        self.snapshots_paused = True
+        self._poke()
+
+    def resume_snapshots(self) -> None:
+        self.snapshots_paused = False
+        self._poke()
+
+    def add_snapshot_class(
+        self,
+        name: str,
+        *,
+        deletion: Literal["Delete", "Retain"] = "Delete",
+        default: bool = False,
+        driver: str | None = None,
+    ) -> Obj:
+        """A VolumeSnapshotClass of ``driver`` (default ``csi.ferry.test``); ``default`` marks it the default
+        class (annotation ``snapshot.storage.kubernetes.io/is-default-class: "true"``)."""
+        body: Obj = {
+            "apiVersion": SNAPSHOT_API_VERSION,
+            "kind": "VolumeSnapshotClass",
+            "metadata": {"name": name},
+            "driver": driver or self.PROVISIONER,
+            "deletionPolicy": deletion,
+        }
+        if default:
+            body["metadata"]["annotations"] = {DEFAULT_CLASS: "true"}
+        return self.kube.create(VSCLASS, body)
+
+    def record(self, involved: Obj, reason: str, message: str, *, warning: bool = False) -> Obj | None:
         """An Event about ``involved`` (a PVC, PV, pod or node), as the controller that acts on it reports."""
         kinds = {"persistentvolumeclaims": "PersistentVolumeClaim", "persistentvolumes": "PersistentVolume"}
         kind = involved.get("kind") or kinds["persistentvolumeclaims"]
         component = "persistentvolume-controller" if reason == "ClaimLost" else f"{self.PROVISIONER}_provisioner"
-        return self.kube.create(
-            "events", event(involved, reason, message, kind=kind, component=component, warning=warning)
-        )
+        return self._create_event(event(involved, reason, message, kind=kind, component=component, warning=warning))
+
+    def event(
+        self, involved: Obj, reason: str, message: str, *, api_version: str, component: str, warning: bool = False
+    ) -> Obj | None:
+        """An Event about ``involved`` (an object of ``api_version``, its ``kind`` set) from ``component``."""
+        body = event(involved, reason, message, kind=involved["kind"], component=component, warning=warning)
+        body["involvedObject"]["apiVersion"] = api_version
+        return self._create_event(body)
+
+    def _create_event(self, body: Obj) -> Obj | None:
+        """Event recorders do not fail their controller: an Event refused (its namespace terminating or gone)
+        is dropped, as a real recorder drops it after logging."""
+        try:
+            return self.kube.create("events", body)
+        except KubeError as error:
+            if error.code in (403, 404):
+                return None
+            raise
 
     # -- observing -----------------------------------------------------------------------------
     def backing(self, pv: str) -> Path:
         """Where the provisioner keeps the PV's data while no pod mounts it: ``root/storage/<pv>`` (a directory,
         or for Block a sparse image file)."""
         return self.root / "storage" / pv
+
+    def storage_snapshots(self) -> set[str]:
+        """The handles of the snapshots that exist in the driver's storage (``root/snapshots/<handle>``)."""
+        return self.snapshot_storage.handles()
+
+    def snapshot_data(self, handle: str) -> Path:
+        """The storage snapshot's data: ``root/snapshots/<handle>`` (a directory tree, or a Block image)."""
+        return self.snapshot_storage.path(handle)
+
+    def volume_data(self, pv: str) -> Path | None:
+        """Where the PV's data is now: its backing storage, or (a Filesystem volume a pod mounts) the kubelet's
+        mount directory it was moved into; None if it has none."""
+        backing = self.backing(pv)
+        if backing.exists():
+            return backing
+        for kubelet in self.kubelets.values():
+            for mounts in kubelet.mounts.values():
+                for mount in mounts:
+                    if mount.pv == pv and mount.device is None and mount.path.exists():
+                        return mount.path
+        return None
 
     def pod_volume(self, namespace: str, pod: str, claim: str) -> Path:
         """The path where the kubelet put ``claim`` for this pod: the ``mount`` directory, or the device link."""

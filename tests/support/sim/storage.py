@@ -32,6 +32,7 @@ from .objects import (
     terminating,
     volume_mode,
 )
+from .snapshots import Refused, provision_from, restore_source
 
 if TYPE_CHECKING:
     from .cluster import SimCluster
@@ -176,7 +177,7 @@ class Provisioner:
 
     def __init__(self, sim: SimCluster) -> None:
         self.sim = sim
-        self._refused: set[str] = set()  # claim uids that got their ProvisioningFailed event
+        self._refused: set[tuple[str, str]] = set()  # (claim uid, message) of the ProvisioningFailed events
 
     async def step(self) -> None:
         kube = self.sim.kube
@@ -203,19 +204,24 @@ class Provisioner:
         if annotations_of(claim).get(STORAGE_PROVISIONER) != self.sim.PROVISIONER:
             notes = {STORAGE_PROVISIONER: self.sim.PROVISIONER}
             claim = kube.patch(PVC, m["name"], {"metadata": {"annotations": notes}}, m["namespace"])
+        why = f'failed to provision volume with StorageClass "{meta(storage_class)["name"]}": '
         if claim_spec.get("selector") is not None:
-            if m["uid"] not in self._refused:
-                self._refused.add(m["uid"])
-                why = f'failed to provision volume with StorageClass "{meta(storage_class)["name"]}": '
-                self.sim.record(claim, "ProvisioningFailed", why + "claim Selector is not supported", warning=True)
+            self._refuse(claim, why + "claim Selector is not supported")
             return
         name = f"pvc-{m['uid']}"
         if kube.get(PV, name) is not None:
             return
+        try:
+            source = restore_source(self.sim, claim)
+        except Refused as refused:
+            self._refuse(claim, why + str(refused))
+            return
         size = requested_storage(claim) or "1Gi"
         backing = self.sim.backing(name)
         backing.parent.mkdir(parents=True, exist_ok=True)
-        if volume_mode(claim) == "Block":
+        if source is not None:
+            provision_from(source[0], backing, claim)
+        elif volume_mode(claim) == "Block":
             with backing.open("wb") as f:
                 f.truncate(quantity(size))
         else:
@@ -246,6 +252,12 @@ class Provisioner:
         }
         kube.create(PV, pv)
         self.sim.record(claim, "ProvisioningSucceeded", f'Successfully provisioned volume "{name}"')
+
+    def _refuse(self, claim: Obj, message: str) -> None:
+        """One Warning Event ``ProvisioningFailed`` per claim and reason; the claim stays Pending."""
+        if (meta(claim)["uid"], message) not in self._refused:
+            self._refused.add((meta(claim)["uid"], message))
+            self.sim.record(claim, "ProvisioningFailed", message, warning=True)
 
     def _reclaim(self, pv: Obj) -> None:
         ours = annotations_of(pv).get(PROVISIONED_BY) == self.sim.PROVISIONER
