@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.backup import scan
+from agent.backup import scan, writer
 from agent.backup.scan import MAX_OPEN_DIRS
 from agent.backup.writer import WINDOW_ITEMS, create_snapshot
 from agent.fs.beneath import open_beneath
@@ -209,8 +209,11 @@ async def test_a_file_truncated_to_zero_while_an_earlier_one_is_read_holds_nothi
     tree.check(tmp_path / "out")
 
 
-async def test_a_file_replaced_by_a_symlink_or_deleted_is_skipped_and_listed(repo: Repository, tmp_path: Path) -> None:
-    n = WINDOW_ITEMS + 4  # the last two are not yet opened when the first item is taken
+async def test_a_file_replaced_by_a_symlink_or_deleted_is_skipped_and_listed(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "BATCH_FILES", 2)  # small files go to the pool two at a time
+    n = WINDOW_ITEMS * 2 + 4  # the last two are not yet opened when the first item is taken
     tree = Tree(tmp_path / "tree", [20_000] * n)
     (tree.root / "secret").write_bytes(b"outside the tree")
 

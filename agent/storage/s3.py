@@ -9,6 +9,7 @@ settings or botocore's chain and never appear in a message.
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import re
 from collections.abc import Awaitable, Callable
@@ -86,6 +87,19 @@ RetryHook = Callable[[str, str, int, FerryError], None]
 
 
 _loader: botocore.loaders.Loader | None = None
+
+
+class _SharedBytes(io.BytesIO):
+    """A request body that reads ``data`` without copying it. botocore would wrap bytes in a BytesIO, and
+    aiohttp asks that BytesIO for ``getbuffer()`` (to learn its size), which copies the whole buffer: every
+    pack upload in flight held its pack twice (96 MiB more for a snapshot's three 32 MiB uploads)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._data = data
+
+    def getbuffer(self) -> memoryview:
+        return memoryview(self._data)
 
 
 def _shared_loader() -> botocore.loaders.Loader:
@@ -256,7 +270,8 @@ class S3Storage(Storage):
 
     async def put(self, key: str, data: bytes) -> None:
         async def op() -> None:
-            await self.client.put_object(Bucket=self._bucket, Key=self._key(key), Body=data)
+            body = _SharedBytes(data)
+            await self.client.put_object(Bucket=self._bucket, Key=self._key(key), Body=body, ContentLength=len(data))
 
         await self._call("PUT", key, op)
 
