@@ -1,6 +1,7 @@
-"""The node agent's composition root: Kubernetes client, metrics, data path, HTTP server, controller.
+"""The node agent's composition root: Kubernetes client, metrics, data path, HTTP server, and the two
+controllers (DataUploads and DataDownloads) sharing the node's load limit.
 
-``run_agent`` returns once ``stop`` is set and in-flight restores have recorded their state (within
+``Agent.run`` returns once ``stop`` is set and in-flight transfers have recorded their state (within
 ``AgentSettings.shutdown_grace_s``); the command line sets ``stop`` on SIGTERM or SIGINT.
 """
 
@@ -10,8 +11,11 @@ import asyncio
 import logging
 
 from agent.controller.datadownloads import DataDownloadController
-from agent.controller.jobs import Restorer
-from agent.datapath import DataPathRestorer
+from agent.controller.datauploads import DataUploadController
+from agent.controller.jobs import Restorer, Uploader
+from agent.controller.load import LoadLimiter
+from agent.datapath import DataPathRestorer, DataPathUploader
+from agent.errors import KubeError
 from agent.kube.api import Kube
 from agent.metrics import Metrics
 from agent.server import HealthServer
@@ -24,11 +28,15 @@ log = logging.getLogger(__name__)
 class Agent:
     """One agent: build with ``Agent(settings)``, then ``await agent.run(stop)``."""
 
-    def __init__(self, settings: AgentSettings, restorer: Restorer | None = None) -> None:
+    def __init__(
+        self, settings: AgentSettings, restorer: Restorer | None = None, uploader: Uploader | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.restorer: Restorer = restorer or DataPathRestorer(self.metrics, settings.repository)
+        self.uploader: Uploader = uploader or DataPathUploader(self.metrics, settings.repository)
         self.controller: DataDownloadController | None = None
+        self.uploads: DataUploadController | None = None
         self.server: HealthServer | None = None
         self.started = asyncio.Event()
         """Set once the HTTP server listens and the controller runs."""
@@ -38,15 +46,34 @@ class Agent:
         kube = await Kube.connect(s.kubeconfig, s.namespace)
         await warm_up()  # botocore's S3 data, parsed before the first DataDownload needs it
         try:
-            self.controller = DataDownloadController(kube, s, self.restorer, self.metrics)
-            controller = self.controller
-            self.server = HealthServer(s.http_address, s.http_port, lambda: controller.ready, self.metrics)
+            load = LoadLimiter(s.concurrency)
+            downloads = self.controller = DataDownloadController(kube, s, self.restorer, self.metrics, load)
+            uploads = self.uploads = DataUploadController(kube, s, self.uploader, self.metrics, load)
+            self.server = HealthServer(
+                s.http_address, s.http_port, lambda: downloads.ready and uploads.ready, self.metrics
+            )
             await self.server.start()
             log.info("serving /healthz, /readyz and /metrics", extra={"port": self.server.port})
             try:
+                image = await self._own_image(kube) if not s.pod_image and s.pod_name else ""
+                log.info("agent started", extra={"node": s.node_name, "namespace": s.namespace})
                 self.started.set()
-                await controller.run(stop)
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(downloads.run(stop, image), name="datadownloads")
+                    tg.create_task(uploads.run(stop, image), name="datauploads")
+                log.info("agent stopped")
             finally:
                 await self.server.stop()
         finally:
             await kube.aclose()
+
+    async def _own_image(self, kube: Kube) -> str:
+        """The image of this agent's own container (backup and restore pods run it): the pod's first
+        container. "" when it cannot be read (exposing then fails saying so)."""
+        try:
+            pod = await kube.get_pod(kube.namespace, self.settings.pod_name)
+        except KubeError as e:
+            log.warning("cannot read this agent's pod for the exposing pods' image (set FERRY_POD_IMAGE): %s", e)
+            return ""
+        containers = (pod.get("spec") or {}).get("containers") or []
+        return str(containers[0].get("image", "")) if containers else ""

@@ -119,14 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser(
         "agent",
         help="run the node agent (what the DaemonSet runs)",
-        description="Claim this node's DataDownloads and restore them. Every flag has a FERRY_* variable "
-        "(e.g. --node-name / FERRY_NODE_NAME); flags win. SIGTERM stops intake and records in-flight restores.",
+        description="Claim Velero's DataUploads and DataDownloads of this data mover, back up and restore them. "
+        "Every flag has a FERRY_* variable (e.g. --node-name / FERRY_NODE_NAME); flags win. SIGTERM stops intake "
+        "and records in-flight backups and restores.",
     )
     agent.add_argument("--node-name", help="this node's name (FERRY_NODE_NAME, from the downward API); required")
     agent.add_argument("--namespace", help="Velero's namespace (FERRY_NAMESPACE; default velero)")
     agent.add_argument("--datamover", help="spec.datamover handled (FERRY_DATAMOVER; default ferry)")
     agent.add_argument("--kubelet-root", help="kubelet root directory (FERRY_KUBELET_ROOT; default /var/lib/kubelet)")
-    agent.add_argument("--concurrency", type=int, help="restores at once on this node (FERRY_CONCURRENCY; default 1)")
+    agent.add_argument(
+        "--concurrency", type=int, help="backups and restores at once on this node (FERRY_CONCURRENCY; default 1)"
+    )
     agent.add_argument(
         "--progress-interval", type=float, help="seconds between progress writes (FERRY_PROGRESS_INTERVAL; default 5)"
     )
@@ -137,15 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--credentials-file", help="AWS credentials file if a BSL has no spec.credential (default /credentials/cloud)"
     )
     agent.add_argument(
-        "--shutdown-grace", type=float, help="seconds in-flight restores get after SIGTERM (FERRY_SHUTDOWN_GRACE; 20)"
+        "--shutdown-grace",
+        type=float,
+        help="seconds in-flight backups and restores get after SIGTERM (FERRY_SHUTDOWN_GRACE; 20)",
     )
     agent.add_argument("--kubeconfig", help="kubeconfig file (KUBECONFIG; default: the in-cluster service account)")
 
     sub.add_parser(
         "hold",
-        help="keep this pod, and the volume it mounts, in place until SIGTERM (what restore pods run)",
-        description="Block until SIGTERM or SIGINT. Restore pods run it: the pod only holds a volume on a node "
-        "while the node's agent writes into it.",
+        help="keep this pod, and the volume it mounts, in place until SIGTERM (what backup and restore pods run)",
+        description="Block until SIGTERM or SIGINT. Backup and restore pods run it: the pod only holds a volume on "
+        "a node while the node's agent reads or writes it.",
     )
 
     snap = sub.add_parser("snapshot", help="create, list and show snapshots").add_subparsers(
@@ -282,6 +287,14 @@ def _summary(snapshot_id: str, m: Manifest) -> dict[str, Any]:
     }
 
 
+def _source(source: dict[str, str]) -> str:
+    """What a snapshot is of, in a word: the Velero backup and PVC it belongs to, else the path it read."""
+    backup = source.get("velero.io/backup-name")
+    if backup:
+        return f"velero backup {backup}: PVC {source.get('namespace', '?')}/{source.get('pvc', '?')}"
+    return source.get("path", "")
+
+
 async def cmd_snapshot_list(args: argparse.Namespace) -> int:
     async def body(repo: Repository) -> int:
         await repo.storage.check()
@@ -297,7 +310,7 @@ async def cmd_snapshot_list(args: argparse.Namespace) -> int:
         lines = [f"{'ID':64}  {'MODE':10}  {'SIZE':>12}  CREATED               SOURCE"]
         lines += [
             f"{r['id']}  {r['mode']:10}  {human_bytes(r['size']):>12}  {shown(r['created']):20}  "
-            f"{shown(r['source'].get('path', ''))}"
+            f"{shown(_source(r['source']))}"
             for r in rows
         ]
         _emit(args, rows, "\n".join(lines))

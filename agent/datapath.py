@@ -1,12 +1,14 @@
-"""The bridge from a controller's RestoreJob to the data path: open the repository the job's storage
-location names, restore through the pipeline, and feed the agent's metrics on the way."""
+"""The bridge from the controllers' jobs to the data path: open the repository the job's storage location
+names, restore through the pipeline (``RestoreJob``) or snapshot a volume into it (``BackupJob``), and feed
+the agent's metrics on the way."""
 
 from __future__ import annotations
 
 import logging
 import time
 
-from agent.controller.jobs import Progress, RestoreJob
+from agent.backup.writer import create_snapshot
+from agent.controller.jobs import BackupJob, Progress, RestoreJob, Uploaded
 from agent.errors import FerryError
 from agent.metrics import Metrics
 from agent.pipeline.restore import restore
@@ -97,3 +99,27 @@ class DataPathRestorer:
         finally:
             del self._stats[id(stats)]
             self._metrics.verification_failures.inc(stats.verify_failures)
+
+
+class DataPathUploader:
+    """Implements ``agent.controller.jobs.Uploader`` with S3 storage and the snapshot writer."""
+
+    def __init__(self, metrics: Metrics, repository: RepositorySettings | None = None) -> None:
+        self._metrics = metrics
+        self._repository = repository or RepositorySettings()
+
+    def _on_retry(self, op: str, key: str, attempt: int, error: FerryError) -> None:
+        self._metrics.storage_retries.inc()
+
+    async def __call__(self, job: BackupJob, progress: Progress) -> Uploaded:
+        loc = job.location
+        prefix = velero_repository_prefix(loc.prefix, job.source_namespace)
+        s3 = await S3Storage.open(loc.s3, loc.bucket, prefix)
+        s3.on_retry = self._on_retry
+        async with s3 as storage:
+            repo = Repository(storage, self._repository)
+            result = await create_snapshot(repo, job.source, job.settings, progress, job.labels)
+        for problem in result.skipped:  # the snapshot is stored without these
+            log.warning("not backed up: %s", problem, extra={"dataupload": job.key})
+        skipped = tuple(str(p) for p in result.skipped)
+        return Uploaded(result.snapshot_id, result.size, result.new_stored_bytes, skipped)

@@ -1,7 +1,8 @@
-"""``ferry hold``: what a restore pod runs. It keeps the pod (and so its volume) in place on a node until the
-pod is deleted, and exits at once on SIGTERM or SIGINT so the deletion does not wait out the grace period.
+"""``ferry hold``: what a backup or restore pod runs. It keeps the pod (and so its volume) in place on a node
+until the pod is deleted, and exits at once on SIGTERM or SIGINT so the deletion does not wait out the
+grace period.
 
-It imports nothing else of Ferry (a restore pod holds no credentials and needs no client), and blocks in
+It imports nothing else of Ferry (such a pod holds no credentials and needs no client), and blocks in
 ``sigwait``, using no CPU. As PID 1 of a container, signals without a handler would be ignored: blocking
 them and waiting for them is what makes SIGTERM end it.
 """

@@ -3,6 +3,9 @@
 ferry_restores{phase}                          DataDownloads this agent holds now: Queued, InProgress, Canceling
 ferry_restores_finished_total{phase}           restores this agent ended: Completed, Failed, Canceled, Interrupted
 ferry_restored_bytes_total                     bytes written to targets (holes included)
+ferry_backups{phase}                           DataUploads this agent holds now: Queued, InProgress, Canceling
+ferry_backups_finished_total{phase}            backups this agent ended: Completed, Failed, Canceled, Interrupted
+ferry_backed_up_bytes_total                    bytes read from backed-up volumes
 ferry_fetch_seconds                            latency of one ranged GET of a pack, retries included
 ferry_storage_retries_total                    object-storage requests retried after a transient failure
 ferry_chunk_verification_failures_total        chunks that failed decompression or their BLAKE3 check
@@ -29,10 +32,17 @@ class Metrics:
         self.finished = Counter(
             "ferry_restores_finished", "Restores this agent ended, by final phase", ["phase"], registry=r
         )
+        self.backups = Gauge("ferry_backups", "DataUploads this agent holds, by phase", ["phase"], registry=r)
+        self.backups_finished = Counter(
+            "ferry_backups_finished", "Backups this agent ended, by final phase", ["phase"], registry=r
+        )
         for phase in HELD_PHASES:
             self.restores.labels(phase)
+            self.backups.labels(phase)
         for phase in FINISHED_PHASES:
             self.finished.labels(phase)
+            self.backups_finished.labels(phase)
+        self.backed_up_bytes = Counter("ferry_backed_up_bytes", "Bytes read from backed-up volumes", registry=r)
         self.restored_bytes = Counter("ferry_restored_bytes", "Bytes written to restore targets", registry=r)
         self.fetch_seconds = Histogram(
             "ferry_fetch_seconds",

@@ -309,13 +309,13 @@ class AgentSettings:
     node_name: str
     """This node's name, from the downward API (``spec.nodeName``). Required."""
     namespace: str = "velero"
-    """Velero's namespace: where DataDownloads, BackupStorageLocations and their Secrets live."""
+    """Velero's namespace: where DataUploads, DataDownloads, BackupStorageLocations and their Secrets live."""
     datamover: str = "ferry"
-    """``spec.datamover`` value this agent handles; every other DataDownload is left untouched."""
+    """``spec.datamover`` value this agent handles; every other DataUpload and DataDownload is left untouched."""
     kubelet_root: str = "/var/lib/kubelet"
     """The kubelet's root directory as seen by the agent (the DaemonSet mounts it at the same path)."""
     concurrency: int = 1
-    """Restores running at once on this node (Velero's ``loadConcurrency``); the rest wait Prepared."""
+    """Backups and restores running at once on this node (Velero's ``loadConcurrency``); the rest wait Prepared."""
     progress_interval_s: float = 5.0
     """Seconds between ``status.progress`` writes while a restore runs."""
     http_address: str = "0.0.0.0"  # noqa: S104 - a pod's probes and Prometheus reach it from outside
@@ -354,6 +354,8 @@ class AgentSettings:
     that ended, before any agent does it instead: that agent or its node is gone."""
     restore: RestoreSettings = field(default_factory=RestoreSettings)
     """Defaults for every restore; a DataDownload's ``spec.dataMoverConfig`` may override some."""
+    snapshot: SnapshotSettings = field(default_factory=SnapshotSettings)
+    """Defaults for every backup; a DataUpload's ``spec.dataMoverConfig`` may override some."""
     repository: RepositorySettings = field(default_factory=RepositorySettings)
     """How manifests are read (``FERRY_MANIFEST_MEMORY``): keep the limit below the pod's memory limit."""
 

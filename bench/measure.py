@@ -155,6 +155,13 @@ def _status_kib(pid: int, field: str) -> int:
     return 0
 
 
+def cold() -> None:
+    """Write out dirty pages and (as root) drop the page cache, so the next tool starts cold."""
+    os.sync()
+    if os.geteuid() == 0:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
 def machine() -> dict[str, Any]:
     """The machine a result was measured on, for every result file."""
     model = ""

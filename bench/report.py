@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.backup import table as backup_table
+
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 LABELS = {
     "ferry": "Ferry",
@@ -77,21 +79,12 @@ def restore_tables(r: dict[str, Any]) -> list[str]:
             f"({rss['growth']:+.0%}).",
             "",
         ]
-    backup = r.get("backup", {})
-    if backup:
+    if r.get("backup"):
         lines += [
-            "#### Snapshot creation (one run each, into an empty repository)",
+            "Snapshot creation is measured by `bench.backup`, against restic, first and incremental, with the "
+            'agent\'s DataUpload path: see "Snapshot creation" below.',
             "",
-            "| workload | tool | wall s | GB/s | CPU s/GB | peak RSS MiB |",
-            "|---|---|---|---|---|---|",
         ]
-        for name, tools in backup.items():
-            for tool, d in tools.items():
-                lines.append(
-                    f"| {name} | {LABELS.get(tool, tool)} | {d['wall_s']:.2f} | {d['GBps']:.3f} | "
-                    f"{d['cpu_s_per_GB']:.2f} | {d['peak_rss_bytes'] / 2**20:.0f} |"
-                )
-        lines.append("")
     return lines
 
 
@@ -255,6 +248,9 @@ def render(results: Path) -> list[str]:
         lines += ["### Restore throughput", "", "![throughput](../bench/results/throughput.png)", ""]
         lines += restore_tables(r)
         plot(r, results / "throughput.png")
+    backup = results / "backup.json"
+    if backup.exists():
+        lines += ["### Snapshot creation", "", *backup_table(json.loads(backup.read_text()))]
     first = results / "first-byte.json"
     if first.exists():
         lines += [

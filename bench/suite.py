@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.settings import MiB
-from bench.measure import Measured, machine, run_measured, summary
+from bench.measure import Measured, cold, machine, run_measured, summary
 from bench.peers import Casync, Restic, same_content, versions
 from bench.workloads import Sizes, Workload, generate
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, make_bucket
@@ -70,6 +70,9 @@ class FerryRepo:
     work: Path
     env: dict[str, str]
     snapshots: dict[str, str] = field(default_factory=dict)
+    created: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The JSON ``ferry snapshot create`` printed, by name: the result's fields (``new_stored_bytes``,
+    ``seconds``: the library call alone, what the agent's DataUpload path runs)."""
 
     def snapshot(self, w: Workload, name: str | None = None) -> Measured:
         log = self.work / f"ferry-snapshot-{name or w.name}.log"
@@ -80,7 +83,8 @@ class FerryRepo:
         ]
         m = run_measured(argv, w.size, env=self.env, cwd=ROOT, log=log)
         text = log.read_text()
-        self.snapshots[name or w.name] = json.loads(text[text.index("{\n") :])["snapshot_id"]
+        self.created[name or w.name] = json.loads(text[text.index("{\n") :])
+        self.snapshots[name or w.name] = self.created[name or w.name]["snapshot_id"]
         return m
 
     def run(
@@ -109,9 +113,7 @@ def _clean(out: Path) -> None:
     these VMs creating files also slows down severalfold while gigabytes sit in the page cache."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    os.sync()
-    if os.geteuid() == 0:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    cold()
 
 
 def ratios(tools: dict[str, Any]) -> dict[str, float]:

@@ -3,9 +3,10 @@
 Generates a block image with zero runs and a directory tree, starts a SeaweedFS S3 server on 127.0.0.1,
 snapshots both with the ``ferry`` command line (configured only through the standard AWS variables),
 restores both, and verifies the results byte for byte and entry for entry (modes, owners, times,
-symlinks, hardlinks). Then it runs ``ferry agent`` against the tests' stand-in Kubernetes API server,
-creates a DataDownload, prints its phases and progress until Completed, and verifies the volume the
-agent restored. ``--local`` uses a repository in a local directory instead of S3 (and skips the agent).
+symlinks, hardlinks). Then it runs ``ferry agent`` against the tests' simulated Kubernetes cluster
+through Velero's whole cycle: a DataUpload backs an application's volume up, the application's namespace
+is deleted, a DataDownload restores it into a new volume handed to the application's PVC, and the data
+is verified entry for entry. ``--local`` uses a repository in a local directory instead of S3 (and skips the agent).
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ def main() -> int:
         print("  directory tree: identical content, types, modes, owners, mtimes, symlinks and hardlinks")
 
         if server is not None:
-            step("the node agent: a Velero DataDownload restored by `ferry agent`")
-            asyncio.run(run_agent_demo(server.endpoint, bucket, str(fs["snapshot_id"]), tree, work))
+            step("the node agent: a Velero backup and restore through `ferry agent`")
+            asyncio.run(run_agent_demo(server.endpoint, bucket, tree, work))
         else:
             step("the node agent part needs the S3 server: run without --local to see it")
 

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from bench import report, suite
+from bench import backup, report, suite
 from bench.workloads import Sizes
 
 
@@ -50,3 +50,41 @@ async def test_the_velero_flow_benchmark_runs_both_ways() -> None:
         assert [marks[m] for m in order] == sorted(marks[m] for m in order), (way, marks)
     assert "data restored" in result["runs"]["velero"][0]
     assert "velero" in velero_flow.table(result)
+
+
+def test_the_backup_benchmark_measures_ferry_and_restic_first_and_incremental(tmp_path: Path) -> None:
+    """bench.backup on tiny data: both tools back up every workload twice, each backup stores something
+    (the change touches every chunk of tiny data), the DataUpload path backs each workload up once through
+    the agent, the change is undone, and the report renders."""
+    data = tmp_path / "work" / "data"
+    lines: list[str] = []
+    result = backup.run(
+        tmp_path / "work", backup.smoke_sizes(), runs=1, names=("block", "file", "tree"), log=lines.append
+    )
+    assert set(result["workloads"]) == {"block", "file", "tree"}
+    for name, w in result["workloads"].items():
+        for tool in backup.TOOLS:
+            first, incremental = (w["tools"][tool][phase] for phase in backup.PHASES)
+            for d in (first, incremental):
+                assert d["GBps"] > 0, (name, tool)
+                assert d["cpu_s_per_GB"] > 0, (name, tool)
+                assert d["peak_rss_MiB"] > 1, (name, tool)
+                assert d["stored_bytes"] > 0, (name, tool)
+        assert "timed_s" in w["tools"]["ferry"]["first"]
+        upload = w["dataupload"]
+        assert 0 < upload["transfer_s"] < upload["seconds"], name
+        assert upload["marks"]["InProgress"] < upload["marks"]["uploaded"] <= upload["marks"]["Completed"], name
+        assert upload["stored_bytes"] > 0, name
+    # the change was undone: generating again finds the same data and leaves it
+    image = data / "block.img"
+    before = image.read_bytes()
+    backup.generate(tmp_path / "work", backup.smoke_sizes(), ("block",))
+    assert image.read_bytes() == before
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "backup.json").write_text(json.dumps(result))
+    rendered = "\n".join(report.render(results))
+    assert "### Snapshot creation" in rendered
+    assert "| block image, 0.02 GB | incremental | restic |" in rendered
+    assert "| block image, 0.02 GB | first | Ferry DataUpload (agent, warm) |" in rendered

@@ -58,19 +58,22 @@ def _grants(group: str, resources: list[str], verbs: list[str]) -> set[Rule]:
 # The calls of Velero's restore flow (docs/DEPLOY.md lists them). Every agent of the test suite runs as
 # this service account under these rules (403 otherwise), and a whole run fails on a grant nothing used.
 ROLE_GRANTS: set[Rule] = (
-    _grants("velero.io", ["datadownloads"], ["get", "list", "watch", "patch"])
-    | _grants("velero.io", ["datadownloads/status"], ["patch"])
+    _grants("velero.io", ["datauploads", "datadownloads"], ["get", "list", "watch", "patch"])
+    | _grants("velero.io", ["datauploads/status", "datadownloads/status"], ["patch"])
     | _grants("velero.io", ["backupstoragelocations"], ["get"])
     | _grants("", ["secrets"], ["get"])
     | _grants("", ["events"], ["create"])
     | _grants("", ["pods"], ["get", "create", "delete"])
     | _grants("", ["persistentvolumeclaims"], ["create", "delete"])
+    | _grants("snapshot.storage.k8s.io", ["volumesnapshots"], ["create"])
 )
 CLUSTER_ROLE_GRANTS: set[Rule] = (
     _grants("", ["persistentvolumeclaims"], ["get", "patch"])
     | _grants("", ["pods"], ["list"])
     | _grants("", ["persistentvolumes"], ["get", "patch", "delete"])
     | _grants("storage.k8s.io", ["storageclasses"], ["get"])
+    | _grants("snapshot.storage.k8s.io", ["volumesnapshots"], ["get", "delete"])
+    | _grants("snapshot.storage.k8s.io", ["volumesnapshotcontents"], ["get", "list", "create", "patch", "delete"])
 )
 
 

@@ -1,6 +1,6 @@
-"""The node's load limit (Velero's ``loadConcurrency``): at most ``limit`` restores run at once, the
-rest wait in arrival order. A waiter is woken through its worker's wake event, the same event that
-object changes set, so a queued DataDownload still reacts at once to a cancel."""
+"""The node's load limit (Velero's ``loadConcurrency``): at most ``limit`` transfers (backups and restores
+together) run at once, the rest wait in arrival order. A waiter is woken through its worker's wake event,
+the same event that object changes set, so a queued object still reacts at once to a cancel."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ class LoadLimiter:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    def queued_of(self, prefix: str) -> int:
+        """Waiters whose name starts with ``prefix`` (one kind of object)."""
+        return sum(1 for name in self._queue if name.startswith(prefix))
 
     @property
     def running(self) -> int:

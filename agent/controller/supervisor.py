@@ -1,9 +1,10 @@
-"""One restore's data transfer, from InProgress until every byte is written (then the controller's
-``restored`` takes over: Completed in place, or the hand-over of a new volume) or it stops.
+"""One data transfer (a DataDownload's restore or a DataUpload's backup), from InProgress until every byte
+is moved (then the controller's ``transferred`` takes over: for a restore Completed in place or the
+hand-over of a new volume, for a backup the cleanup and Completed) or it stops.
 
-Everything that can fail the DataDownload without touching the volume (tuning keys, the storage
-location, its credentials, the timeout) is checked before the InProgress write, so no byte is written
-for a DataDownload that was bound to fail. While the data path runs, the supervisor watches for:
+Everything that can fail the object without touching the volume or the repository (tuning keys, the
+storage location, its credentials, the timeout) is checked before the InProgress write, so no byte is
+moved for an object that was bound to fail. While the data path runs, the supervisor watches for:
 
     spec.cancel        → Canceling, stop the pipeline, Canceled
     deletion           → stop the pipeline; write Canceled only if the object still exists
@@ -13,26 +14,28 @@ for a DataDownload that was bound to fail. While the data path runs, the supervi
 
 and a reporter writes ``status.progress`` every progress interval (at once when the total is known).
 ``Host`` is what the supervisor needs of the controller (a Protocol: the two modules do not import each
-other).
+other); the controller describes the transfer itself as a ``Transfer``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from prometheus_client import Counter, Gauge
 
 from agent.aio.waiting import sleep_until
-from agent.controller.jobs import RestoreJob, Restorer
+from agent.controller.jobs import Progress
 from agent.controller.progress import ProgressTracker
 from agent.errors import ConfigError, FerryError, KubeError, LocationError
 from agent.expose.volumes import Volume
 from agent.kube.events import EventRecorder
 from agent.kube.times import now, timestamp
-from agent.metrics import Metrics
 from agent.settings import AgentSettings
-from agent.velero.locations import LocationResolver
+from agent.velero.locations import LocationResolver, StorageLocation
 from agent.velero.objects import (
     CANCELED,
     CANCELING,
@@ -40,61 +43,81 @@ from agent.velero.objects import (
     IN_PROGRESS,
     PREPARED,
     TERMINAL,
-    DataDownload,
+    MoverObject,
     Obj,
 )
-from agent.velero.statuses import Change, MetadataChange, StatusWriter
-from agent.velero.tuning import KNOWN_KEYS, restore_settings_for
+from agent.velero.statuses import Change, MetadataChange
+from agent.velero.tuning import KNOWN_KEYS
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T", bound=MoverObject)
 
-class Host(Protocol):
-    """What a supervised restore needs from the controller that runs it."""
+
+@dataclass(frozen=True)
+class Transfer:
+    """One transfer as the controller describes it to the supervisor."""
+
+    noun: str
+    """"restore" or "backup"."""
+    what: str
+    """For messages: "restoring snapshot … onto …", "backing up … into …"."""
+    run: Callable[[Progress], Awaitable[object]]
+    """Moves the data, reporting (bytes done, total bytes); returns what ``Host.transferred`` gets; raises
+    FerryError saying why it could not. Cancelling it stops it, with no write still running."""
+    unknown_config: tuple[str, ...] = ()
+    """``spec.dataMoverConfig`` keys that mean nothing to Ferry (reported in an Event)."""
+
+
+class Host(Protocol, Generic[T]):
+    """What a supervised transfer needs from the controller that runs it."""
 
     me: str
     settings: AgentSettings
-    restorer: Restorer
-    metrics: Metrics
     events: EventRecorder
     shutdown: asyncio.Event
-    statuses: StatusWriter | None
     locations: LocationResolver | None
+    held: Gauge
+    """The objects this agent holds, by phase (``ferry_restores`` or ``ferry_backups``)."""
+    ended: Counter
+    """The transfers this agent ended, by final phase."""
 
-    def latest(self, name: str) -> DataDownload | None: ...
+    def latest(self, name: str) -> T | None: ...
 
-    async def write(
-        self, dd: DataDownload, change: Change, metadata: MetadataChange | None = None
-    ) -> DataDownload | None: ...
+    async def write(self, dd: T, change: Change[T], metadata: MetadataChange[T] | None = None) -> T | None: ...
 
-    def timeout_s(self, dd: DataDownload) -> float: ...
+    def timeout_s(self, dd: T) -> float: ...
 
-    async def restored(self, dd: DataDownload, total: int) -> None:
-        """The restore wrote every byte of ``total``: what comes next is the controller's."""
+    def transfer(self, dd: T, location: StorageLocation, volume: Volume) -> Transfer:
+        """The transfer of ``dd`` between ``location`` and ``volume``; raises ConfigError for bad settings."""
+        ...
+
+    async def transferred(self, dd: T, total: int, result: object) -> None:
+        """The transfer moved every byte of ``total`` and returned ``result``: what comes next is the
+        controller's."""
 
     async def finish(
         self,
-        dd: DataDownload,
+        dd: T,
         phase: str,
         message: str,
         *from_phases: str,
-        progress: Callable[[DataDownload], Obj | None] | None = None,
+        progress: Callable[[T], Obj | None] | None = None,
         anyone: bool = False,
         release: bool = False,
-    ) -> DataDownload | None: ...
+    ) -> T | None: ...
 
 
 def _size(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 10**8 else f"{n / 1e6:.1f} MB"
 
 
-async def run(ctl: Host, dd: DataDownload, volume: Volume, wake: asyncio.Event) -> None:
-    assert ctl.statuses is not None
+async def run(ctl: Host[T], dd: T, volume: Volume, wake: asyncio.Event) -> None:
     assert ctl.locations is not None
     try:
         timeout = ctl.timeout_s(dd)
-        settings, unknown = restore_settings_for(dd.config, ctl.settings.restore)
         location = await ctl.locations.resolve(dd.storage_location)
+        transfer = ctl.transfer(dd, location, volume)
     except (ConfigError, LocationError) as e:
         await ctl.finish(dd, FAILED, str(e), dd.phase)
         return
@@ -104,53 +127,53 @@ async def run(ctl: Host, dd: DataDownload, volume: Volume, wake: asyncio.Event) 
     started = await ctl.write(
         dd,
         lambda cur: (
-            {"phase": IN_PROGRESS, "startTimestamp": cur.started or stamp, "node": ctl.me, "message": message}
+            {
+                "phase": IN_PROGRESS,
+                "startTimestamp": cur.started or stamp,
+                "node": ctl.me,
+                "nodeOS": "linux",
+                "message": message,
+            }
             if cur.phase in (PREPARED, IN_PROGRESS) and cur.node == ctl.me and not (cur.cancel or cur.deleting)
             else None
         ),
     )
     if started is None:
         return
-    if unknown:
+    if transfer.unknown_config:
         await ctl.events.record(
             started.ref(),
             "UnknownConfig",
-            f"spec.dataMoverConfig keys {', '.join(unknown)} mean nothing to Ferry and were ignored "
+            f"spec.dataMoverConfig keys {', '.join(transfer.unknown_config)} mean nothing to Ferry and were ignored "
             f"(Ferry reads {', '.join(sorted(KNOWN_KEYS))})",
             "Warning",
         )
-    what = f"snapshot {dd.snapshot_id} from {location.describe()} onto {volume.describe()}"
-    log.info("restarting" if restarted else "starting", extra={"datadownload": dd.key, "restore": what})
-    await ctl.events.record(
-        started.ref(), "Restarted" if restarted else "Started", f"restoring {what} on node {ctl.me}"
-    )
-    job = RestoreJob(dd.key, location, dd.source_namespace, dd.snapshot_id, volume.path, settings)
-    await _supervise(ctl, started, job, wake, timeout, what)
+    log.info("restarting" if restarted else "starting", extra={dd.KIND.lower(): dd.key, "transfer": transfer.what})
+    await ctl.events.record(started.ref(), "Restarted" if restarted else "Started", f"{transfer.what} on node {ctl.me}")
+    await _supervise(ctl, started, transfer, wake, timeout)
 
 
-async def _supervise(
-    ctl: Host, dd: DataDownload, job: RestoreJob, wake: asyncio.Event, limit_s: float, what: str
-) -> None:
+async def _supervise(ctl: Host[T], dd: T, transfer: Transfer, wake: asyncio.Event, limit_s: float) -> None:
     progress = ProgressTracker(dd.bytes_done, dd.total_bytes)
-    outcome: list[BaseException | None] = []
+    outcome: list[tuple[BaseException | None, object]] = []
+    subject = {dd.KIND.lower(): dd.key}
 
-    async def restore() -> None:
+    async def move() -> None:
         try:
-            await ctl.restorer(job, progress.update)
-            outcome.append(None)
+            outcome.append((None, await transfer.run(progress.update)))
         except FerryError as e:
-            outcome.append(e)
+            outcome.append((e, None))
         except Exception as e:
-            log.exception("restore failed unexpectedly", extra={"datadownload": dd.key})
-            outcome.append(e)
+            log.exception("%s failed unexpectedly", transfer.noun, extra=subject)
+            outcome.append((e, None))
         finally:
             wake.set()
 
     reason = ""
-    ctl.metrics.restores.labels(IN_PROGRESS).inc()
+    ctl.held.labels(IN_PROGRESS).inc()
     try:
         async with asyncio.TaskGroup() as tg:
-            task = tg.create_task(restore(), name=f"restore {dd.key}")
+            task = tg.create_task(move(), name=f"{transfer.noun} {dd.key}")
             reporter = tg.create_task(_report(ctl, dd, progress), name=f"progress {dd.key}")
             while not task.done():
                 wake.clear()
@@ -174,63 +197,66 @@ async def _supervise(
                 await sleep_until(wake, limit_s - progress.idle_s())
             reporter.cancel()
     finally:
-        ctl.metrics.restores.labels(IN_PROGRESS).dec()
-    await _conclude(ctl, dd, reason, outcome[0] if outcome else None, progress, what)
+        ctl.held.labels(IN_PROGRESS).dec()
+    error, result = outcome[0] if outcome else (None, None)
+    await _conclude(ctl, dd, reason, error, result, progress, transfer)
 
 
-async def _canceling(ctl: Host, dd: DataDownload) -> None:
-    assert ctl.statuses is not None
-    ctl.metrics.restores.labels(CANCELING).inc()
+async def _canceling(ctl: Host[T], dd: T) -> None:
+    ctl.held.labels(CANCELING).inc()
     try:
         await ctl.write(
             dd, lambda cur: {"phase": CANCELING} if cur.phase == IN_PROGRESS and cur.node == ctl.me else None
         )
     except KubeError as e:
-        log.warning("could not record Canceling: %s", e, extra={"datadownload": dd.key})
+        log.warning("could not record Canceling: %s", e, extra={dd.KIND.lower(): dd.key})
     finally:
-        ctl.metrics.restores.labels(CANCELING).dec()
+        ctl.held.labels(CANCELING).dec()
 
 
 async def _conclude(
-    ctl: Host,
-    dd: DataDownload,
+    ctl: Host[T],
+    dd: T,
     reason: str,
     error: BaseException | None,
+    result: object,
     progress: ProgressTracker,
-    what: str,
+    transfer: Transfer,
 ) -> None:
-    assert ctl.statuses is not None
     done, total = progress.reported(), progress.total
     at = f"after {_size(done)} of {_size(total)}"
+    subject = {dd.KIND.lower(): dd.key}
     if reason == "ended elsewhere":
-        log.info("stopped: someone else ended it", extra={"datadownload": dd.key})
+        log.info("stopped: someone else ended it", extra=subject)
         return
-    # Write from the latest state known (our progress writes included), not the one the restore started
+    # Write from the latest state known (our progress writes included), not the one the transfer started
     # from, whose resourceVersion is stale: that would cost a refused write, a re-read and a second write.
     dd = ctl.latest(dd.name) or dd
     if reason == "deleted":
-        await ctl.finish(dd, CANCELED, f"the DataDownload was deleted; restore stopped {at}", IN_PROGRESS, CANCELING)
-        log.info("restore stopped: the DataDownload was deleted", extra={"datadownload": dd.key})
+        await ctl.finish(
+            dd, CANCELED, f"the {dd.KIND} was deleted; {transfer.noun} stopped {at}", IN_PROGRESS, CANCELING
+        )
+        log.info("%s stopped: the %s was deleted", transfer.noun, dd.KIND, extra=subject)
         return
     if reason == "cancel":
         await ctl.finish(dd, CANCELED, f"canceled (spec.cancel) {at}", IN_PROGRESS, CANCELING)
         return
     if reason == "shutdown":
         message = (
-            f"interrupted {at}: the Ferry agent on node {ctl.me} is shutting down; it restores this volume again "
-            "from the start when it is back"
+            f"interrupted {at}: the Ferry agent on node {ctl.me} is shutting down; it starts this {transfer.noun} "
+            "again from the start when it is back"
         )
         progress_fields = _progress_change(ctl.me, done, total)
 
-        def interrupted(cur: DataDownload) -> Obj | None:
+        def interrupted(cur: T) -> Obj | None:
             fields = progress_fields(cur)  # None unless it is still ours and InProgress
             if fields is not None and not total:
-                del fields["progress"]  # the restore stopped before it knew its size
+                del fields["progress"]  # the transfer stopped before it knew its size
             return fields if fields is None else {"message": message, **fields}
 
         written = await ctl.write(dd, interrupted)
-        ctl.metrics.finished.labels("Interrupted").inc()
-        log.info("interrupted by shutdown", extra={"datadownload": dd.key, "bytesDone": done})
+        ctl.ended.labels("Interrupted").inc()
+        log.info("interrupted by shutdown", extra=subject | {"bytesDone": done})
         if written is not None:
             await ctl.events.record(written.ref(), "Interrupted", message, "Warning")
         return
@@ -238,21 +264,20 @@ async def _conclude(
         await ctl.finish(
             dd,
             FAILED,
-            f"no progress for {dd.operation_timeout} (spec.operationTimeout) {at}: restoring {what} stalled; check "
-            "that the object store answers and the volume accepts writes",
+            f"no progress for {dd.operation_timeout} (spec.operationTimeout) {at}: {transfer.what} stalled; check "
+            "that the object store answers and the volume can be read and written",
             IN_PROGRESS,
         )
         return
     if error is not None:
-        await ctl.finish(dd, FAILED, f"restoring {what} failed {at}: {error}", IN_PROGRESS)
+        await ctl.finish(dd, FAILED, f"{transfer.what} failed {at}: {error}", IN_PROGRESS)
         return
 
-    await ctl.restored(ctl.latest(dd.name) or dd, total)
+    await ctl.transferred(ctl.latest(dd.name) or dd, total, result)
 
 
-async def _report(ctl: Host, dd: DataDownload, progress: ProgressTracker) -> None:
+async def _report(ctl: Host[T], dd: T, progress: ProgressTracker) -> None:
     """Write ``status.progress`` when the total is first known, then every interval while it changes."""
-    assert ctl.statuses is not None
     await progress.known.wait()
     written: tuple[int, int] | None = None
     while True:
@@ -262,12 +287,12 @@ async def _report(ctl: Host, dd: DataDownload, progress: ProgressTracker) -> Non
                 await ctl.write(ctl.latest(dd.name) or dd, _progress_change(ctl.me, *figures))
                 written = figures
             except KubeError as e:
-                log.warning("could not write progress: %s", e, extra={"datadownload": dd.key})
+                log.warning("could not write progress: %s", e, extra={dd.KIND.lower(): dd.key})
         await asyncio.sleep(ctl.settings.progress_interval_s)
 
 
-def _progress_change(me: str, done: int, total: int) -> Callable[[DataDownload], Obj | None]:
-    def change(cur: DataDownload) -> Obj | None:
+def _progress_change(me: str, done: int, total: int) -> Callable[[MoverObject], Obj | None]:
+    def change(cur: MoverObject) -> Obj | None:
         if cur.phase != IN_PROGRESS or cur.node != me:
             return None
         return {"progress": {"totalBytes": total, "bytesDone": max(done, cur.bytes_done)}}

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.errors import KubeNotFound, VolumeError
-from agent.expose.exposer import Exposure, find_ours, owned, retire
+from agent.expose.exposer import Exposure
+from agent.expose.pods import find_ours, owned, retire
 from agent.kube.api import Kube, Obj
 
 BIND_COMPLETED = "pv.kubernetes.io/bind-completed"

@@ -1,4 +1,4 @@
-"""The Kubernetes API as the controller uses it: a dozen calls, plain dicts in and out, our errors out.
+"""The Kubernetes API as the controllers use it: a few dozen calls, plain dicts in and out, our errors out.
 
 Every call goes through kubernetes_asyncio with ``_preload_content=False`` so that bodies stay JSON dicts
 (no model classes leak out) and every non-2xx answer becomes a ``KubeError`` subclass here, at the
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
+SNAPSHOT_GROUP, SNAPSHOT_VERSION = "snapshot.storage.k8s.io", "v1"
+"""CSI snapshots (the external-snapshotter's CRDs)."""
 REQUEST_TIMEOUT_S = 30.0
 """Bound on every non-watch request."""
 
@@ -343,6 +345,83 @@ class Kube:
             self._core.list_namespaced_pod(namespace, field_selector=f"spec.nodeName={node}", _preload_content=False),
         )
         return list(found.get("items") or [])
+
+    # --- CSI snapshots (snapshot.storage.k8s.io/v1): what exposing a VolumeSnapshot needs -----------
+
+    async def get_snapshot(self, namespace: str, name: str) -> Obj:
+        return await self._call(
+            f"get volumesnapshot {namespace}/{name}",
+            self._custom.get_namespaced_custom_object(
+                SNAPSHOT_GROUP, SNAPSHOT_VERSION, namespace, "volumesnapshots", name, _preload_content=False
+            ),
+        )
+
+    async def create_snapshot(self, namespace: str, body: Obj) -> Obj:
+        return await self._call(
+            f"create volumesnapshot {namespace}/{body['metadata']['name']}",
+            self._custom.create_namespaced_custom_object(
+                SNAPSHOT_GROUP, SNAPSHOT_VERSION, namespace, "volumesnapshots", body, _preload_content=False
+            ),
+        )
+
+    async def delete_snapshot(self, namespace: str, name: str) -> None:
+        """Delete; already gone is not an error."""
+        with contextlib.suppress(KubeNotFound):
+            await self._call(
+                f"delete volumesnapshot {namespace}/{name}",
+                self._custom.delete_namespaced_custom_object(
+                    SNAPSHOT_GROUP, SNAPSHOT_VERSION, namespace, "volumesnapshots", name, _preload_content=False
+                ),
+            )
+
+    async def get_snapshot_content(self, name: str) -> Obj:
+        return await self._call(
+            f"get volumesnapshotcontent {name}",
+            self._custom.get_cluster_custom_object(
+                SNAPSHOT_GROUP, SNAPSHOT_VERSION, "volumesnapshotcontents", name, _preload_content=False
+            ),
+        )
+
+    async def list_snapshot_contents(self) -> list[Obj]:
+        found = await self._call(
+            "list volumesnapshotcontents",
+            self._custom.list_cluster_custom_object(
+                SNAPSHOT_GROUP, SNAPSHOT_VERSION, "volumesnapshotcontents", _preload_content=False
+            ),
+        )
+        return list(found.get("items") or [])
+
+    async def create_snapshot_content(self, body: Obj) -> Obj:
+        return await self._call(
+            f"create volumesnapshotcontent {body['metadata']['name']}",
+            self._custom.create_cluster_custom_object(
+                SNAPSHOT_GROUP, SNAPSHOT_VERSION, "volumesnapshotcontents", body, _preload_content=False
+            ),
+        )
+
+    async def patch_snapshot_content(self, name: str, patch: Obj) -> Obj:
+        return await self._call(
+            f"patch volumesnapshotcontent {name}",
+            self._custom.patch_cluster_custom_object(
+                SNAPSHOT_GROUP,
+                SNAPSHOT_VERSION,
+                "volumesnapshotcontents",
+                name,
+                patch,
+                _content_type=MERGE_PATCH,  # type: ignore[call-arg]
+                _preload_content=False,
+            ),
+        )
+
+    async def delete_snapshot_content(self, name: str) -> None:
+        """Delete; already gone is not an error."""
+        with contextlib.suppress(KubeNotFound):
+            await self._call(
+                f"delete volumesnapshotcontent {name}",
+                self._custom.delete_cluster_custom_object(
+                    SNAPSHOT_GROUP, SNAPSHOT_VERSION, "volumesnapshotcontents", name, _preload_content=False
+                ),
+            )
 
     async def create_event(self, namespace: str, event: Obj) -> None:
         await self._call(

@@ -1,12 +1,14 @@
-"""Writing a DataDownload's status: optimistic concurrency, conflict retries, both CRD flavours.
+"""Writing a DataUpload's or DataDownload's status: optimistic concurrency, conflict retries, both CRD
+flavours.
 
 Every write is a JSON merge patch of ``status`` that carries the resourceVersion it was computed from,
 so the API server refuses it (409) if anyone wrote in between. On a conflict the object is read again
 and the change is computed afresh from it: fields others wrote survive, and a change that no longer
 applies (another agent claimed the object, Velero canceled it) is dropped instead of forced.
 
-Velero's own CRD has no ``/status`` subresource: status goes through the main resource. When discovery
-shows ``datadownloads/status``, status goes through it (a main-resource write would drop it).
+Velero's own CRDs have no ``/status`` subresource: status goes through the main resource. When discovery
+shows ``datadownloads/status`` (or ``datauploads/status``), status goes through it (a main-resource write
+would drop it).
 """
 
 from __future__ import annotations
@@ -15,34 +17,40 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from agent.errors import KubeConflict, KubeError, KubeNotFound
 from agent.kube.api import Kube, Obj
-from agent.velero.objects import DATADOWNLOADS, DataDownload
+from agent.velero.objects import MoverObject
 
 log = logging.getLogger(__name__)
 
-Change = Callable[[DataDownload], Obj | None]
+T = TypeVar("T", bound=MoverObject)
+
+Change = Callable[[T], Obj | None]
 """Given the current object, the status fields to merge, or None when the change no longer applies."""
-MetadataChange = Callable[[DataDownload], Obj | None]
+MetadataChange = Callable[[T], Obj | None]
 """Given the current object, the metadata fields to merge (annotations, finalizers), or None."""
 
 MAX_CONFLICTS = 20
 MAX_TRANSIENT = 6
 
 
-class StatusWriter:
-    def __init__(self, kube: Kube, via_status_subresource: bool) -> None:
+class StatusWriter(Generic[T]):
+    """Writes objects of one kind: ``view`` is its class (``DataUpload`` or ``DataDownload``)."""
+
+    def __init__(self, kube: Kube, view: type[T], via_status_subresource: bool) -> None:
         self._kube = kube
+        self._view = view
         self.via_status_subresource = via_status_subresource
 
     async def update(
         self,
-        dd: DataDownload,
-        change: Change,
-        metadata: MetadataChange | None = None,
-        observe: Callable[[DataDownload], None] | None = None,
-    ) -> DataDownload | None:
+        dd: T,
+        change: Change[T],
+        metadata: MetadataChange[T] | None = None,
+        observe: Callable[[T], None] | None = None,
+    ) -> T | None:
         """Apply ``change`` to ``dd``'s status, and ``metadata`` (if given) to its metadata, re-reading on
         conflict. Returns the object as written, or None when the change no longer applies or the object
         is gone. With Velero's CRD flavour both go in one write; with a ``/status`` subresource the
@@ -61,8 +69,8 @@ class StatusWriter:
             if not (self.via_status_subresource and meta):
                 patch["status"] = fields
             try:
-                written = DataDownload.from_obj(
-                    await self._kube.patch_object(DATADOWNLOADS, current.name, patch, status=via_status)
+                written = self._view.from_obj(
+                    await self._kube.patch_object(self._view.RESOURCE, current.name, patch, status=via_status)
                 )
             except KubeNotFound:
                 return None
@@ -70,7 +78,7 @@ class StatusWriter:
                 conflicts += 1
                 if conflicts >= MAX_CONFLICTS:
                     raise
-                log.debug("conflict writing status, reading again", extra={"datadownload": dd.key})
+                log.debug("conflict writing status, reading again", extra={dd.KIND.lower(): dd.key})
             except KubeError as e:
                 transient += 1
                 if not e.transient or transient >= MAX_TRANSIENT:
@@ -85,7 +93,7 @@ class StatusWriter:
                     return current
                 continue
             try:
-                current = DataDownload.from_obj(await self._kube.get_object(DATADOWNLOADS, dd.name))
+                current = self._view.from_obj(await self._kube.get_object(self._view.RESOURCE, dd.name))
                 seen(current)
             except KubeNotFound:
                 return None

@@ -134,10 +134,26 @@ class Cluster:
             timeout=timeout,
         )
 
-    def phases(self, name: str) -> list[str]:
+    async def wait_phase_of(self, plural: str, name: str, *phases: str, timeout: float = 30.0) -> Obj:
+        """``wait_phase`` for an object of ``plural`` (``datauploads``)."""
+        return await self.kube.wait_for(
+            plural,
+            name,
+            NS,
+            lambda obj: obj is not None and (obj.get("status") or {}).get("phase") in phases,
+            timeout=timeout,
+        )
+
+    def phase_of(self, plural: str, name: str) -> str:
+        """The object's phase now ("New" when it has none)."""
+        found = self.kube.get(plural, name, namespace=NS)
+        assert found is not None, f"{plural} {name} is gone"
+        return str((found.get("status") or {}).get("phase") or "New")
+
+    def phases(self, name: str, plural: str = "datadownloads") -> list[str]:
         """The distinct phases the object went through, in order."""
         seen: list[str] = []
-        for revision in self.kube.history("datadownloads", name, NS):
+        for revision in self.kube.history(plural, name, NS):
             if revision.deleted:
                 continue
             phase = (revision.object.get("status") or {}).get("phase") or "New"
@@ -315,7 +331,9 @@ async def killable_agent(
         async with asyncio.timeout(15):
             await agent.started.wait()
             assert agent.controller is not None
+            assert agent.uploads is not None
             await agent.controller.watcher.opened.wait()
+            await agent.uploads.watcher.opened.wait()
         yield handle
     finally:
         stop.set()

@@ -30,6 +30,8 @@ class FaultyProxy:
     """Hold this many requests until the client gives up."""
     stall_ranged: bool = False
     """Hold every ranged GET (a restore's pack reads) until ``released`` is set."""
+    stall_puts: bool = False
+    """Hold every PUT (a backup's pack and manifest uploads) until ``released`` is set."""
     holding: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once a request is being held."""
     requests: int = 0
@@ -78,7 +80,8 @@ class FaultyProxy:
         if self.fail_next > 0:
             self.fail_next -= 1
             return web.Response(status=self.fail_status, text=SLOW_DOWN, content_type="application/xml")
-        if self.stall_next > 0 or (self.stall_ranged and "Range" in request.headers):
+        held = (self.stall_ranged and "Range" in request.headers) or (self.stall_puts and request.method == "PUT")
+        if self.stall_next > 0 or held:
             self.stall_next = max(0, self.stall_next - 1)
             self.holding.set()
             await self.released.wait()

@@ -33,6 +33,7 @@ NODES = ["node-a", "node-b", "node-c"]
 IMAGE = "ghcr.io/ferry-project/ferry:test"
 DYNAMIC_PV_RESTORE = "velero.io/dynamic-pv-restore"
 FINALIZER = "ferry.dev/cleanup"
+SNAPSHOT_CLASS = "ferry-snapclass"
 Obj = dict[str, Any]
 
 
@@ -176,7 +177,8 @@ def datadownload(kube: KubeServer, restore: Restore) -> Obj:
 
 
 def progress(dd: Obj) -> Obj:
-    """Velero's ``OperationProgress`` for the DataDownload (``pvc_action.go`` ``Progress``)."""
+    """Velero's ``OperationProgress`` for a DataDownload or a DataUpload (the restore's and the backup's
+    ``pvc_action.go`` ``Progress`` compute it alike)."""
     status = dd.get("status") or {}
     phase = status.get("phase") or ""
     if phase in ("", "New"):
@@ -192,7 +194,7 @@ def progress(dd: Obj) -> Obj:
         "completed": phase in ("Completed", "Canceled", "Failed"),
     }
     if phase == "Canceled":
-        out["err"] = "DataDownload is canceled"
+        out["err"] = f"{dd.get('kind', 'DataDownload')} is canceled"
     elif phase == "Failed":
         out["err"] = status.get("message", "")
     return out
@@ -236,11 +238,14 @@ async def world(
     agents: list[str] | None = None,
     **agent: Any,
 ) -> AsyncIterator[World]:
-    """The simulated cluster with classes ``immediate`` and ``wffc`` (reclaim Delete), and an agent on each
-    of ``agents`` (default: every node) with the ``agent`` settings."""
+    """The simulated cluster with classes ``immediate`` and ``wffc`` (reclaim Delete), the default
+    VolumeSnapshotClass ``ferry-snapclass`` (deletion policy Delete) where the server serves CSI snapshots,
+    and an agent on each of ``agents`` (default: every node) with the ``agent`` settings."""
     async with SimCluster(cluster.kube, tmp_path / "sim", nodes) as sim, AsyncExitStack() as stack:
         sim.add_storage_class("immediate", binding="Immediate")
         sim.add_storage_class("wffc", binding="WaitForFirstConsumer")
+        if any(t.plural == "volumesnapshotclasses" for t in cluster.kube.types):
+            sim.add_snapshot_class(SNAPSHOT_CLASS, deletion="Delete", default=True)
         w = World(cluster, sim, {})
         for node in nodes if agents is None else agents:
             w.agents[node] = await stack.enter_async_context(running_agent(w.settings(node, **agent)))
