@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import uvloop
 
@@ -402,12 +402,22 @@ def _fail(message: str) -> None:
     sys.stderr.write("ferry: " + logs.redact(message).replace("\r", " ").replace("\n", " ") + "\n")
 
 
+def interrupted() -> NoReturn:
+    """Ctrl-C was handled (the event loop, its threads and the command's cleanup are done): say so in one
+    line and exit 130 at once. Not through the interpreter's teardown: a SIGINT the event loop had noted
+    could be raised again there, as a KeyboardInterrupt past every handler (exit by the signal, -2, or a
+    traceback: both seen under load)."""
+    sys.stderr.write("ferry: interrupted\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(130)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:  # before the event loop took over Ctrl-C (argument parsing, setting up)
-        sys.stderr.write("ferry: interrupted\n")
-        return 130
+        interrupted()
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -434,8 +444,7 @@ def _main(argv: Sequence[str] | None) -> int:
         _fail(str(e))
         return 1
     except KeyboardInterrupt:
-        sys.stderr.write("ferry: interrupted\n")
-        return 130
+        interrupted()
     except OSError as e:  # a local file the command was given (a target, a source): say which and why
         where = f": {shown(os.fsdecode(e.filename))}" if e.filename is not None else ""
         log.debug("unexpected OS error", exc_info=True)

@@ -4,6 +4,7 @@ in a traceback. Nothing else happens here; ``agent.cli.main`` does the work."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,7 +19,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.cli import main as run  # noqa: PLC0415 - imported here so an interrupt can be caught
     except KeyboardInterrupt:
         sys.stderr.write("ferry: interrupted\n")
-        return 130
+        sys.stderr.flush()
+        os._exit(130)  # as agent.cli.interrupted: not through a teardown that could raise it again
     return run(argv)
 
 
