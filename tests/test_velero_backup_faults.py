@@ -80,6 +80,27 @@ async def test_killed_after_each_step_finishes_on_restart(cluster: Cluster, tmp_
         assert tree_differences(volume, await stored_tree(cluster, done, tmp_path / "stored")) == []
 
 
+async def test_canceled_while_its_agent_was_down_mid_backup(cluster: Cluster, tmp_path: Path) -> None:
+    """The agent died with the backup InProgress; Velero canceled meanwhile: the agent back on its node ends
+    it Canceled (saying the backup had stopped, not that it never started) and cleans up."""
+    async with world(cluster, tmp_path, nodes=["node-a"], agents=[]) as w:
+        await sample_app(w.sim)
+        hold = cluster.kube.hold_after("PATCH", DU, r'"InProgress"')
+        backup = await start_backup(cluster.kube)
+        async with killable_agent(w.settings("node-a")) as first:
+            async with asyncio.timeout(30):
+                await hold.reached.wait()
+            await first.kill()
+        hold.release()
+        cancel(cluster, backup.dataupload)
+        async with killable_agent(w.settings("node-a")):
+            done = await wait_ended(cluster.kube, backup)
+            assert done["status"]["phase"] == "Canceled"
+            assert done["status"]["message"] == "canceled; the backup had already stopped"
+            _no_snapshot_id(done)
+            await backup_cleaned_up(w.sim, backup)
+
+
 async def test_cancel_while_new(cluster: Cluster, tmp_path: Path) -> None:
     """No agent claimed it yet: Velero's VolumeSnapshot (and so the storage snapshot) goes with it."""
     async with world(cluster, tmp_path, nodes=["node-a"], agents=[]) as w:

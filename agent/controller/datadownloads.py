@@ -96,7 +96,10 @@ class DataDownloadController(MoverController[DataDownload]):
             if dd.restored_pv:
                 return await self._rebind(dd)
             if stopping:
-                await self.finish(dd, CANCELED, "canceled before the restore started", dd.phase)
+                stopped = (
+                    "; the restore had already stopped" if dd.phase == IN_PROGRESS else " before the restore started"
+                )
+                await self.finish(dd, CANCELED, "canceled" + stopped, dd.phase)
                 return None if dd.in_place else 0.0
             return await self._start(dd, wake)
         if dd.phase == CANCELING:  # a cancel whose restore is not running here (the agent restarted)

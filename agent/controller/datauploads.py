@@ -116,7 +116,10 @@ class DataUploadController(MoverController[DataUpload]):
             if du.uploaded:
                 return await self._complete(du)
             if stopping:
-                await self.finish(du, CANCELED, "canceled before the backup started", du.phase)
+                stopped = (
+                    "; the backup had already stopped" if du.phase == IN_PROGRESS else " before the backup started"
+                )
+                await self.finish(du, CANCELED, "canceled" + stopped, du.phase)
                 return 0.0
             return await self._start(du, wake)
         if du.phase == CANCELING:  # a cancel whose backup is not running here (the agent restarted)
