@@ -169,11 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_repo_flags(lst)
     show = snap.add_parser("show", help="describe one snapshot")
     _add_repo_flags(show)
-    show.add_argument("snapshot_id")
+    show.add_argument("snapshot_id", help="snapshot ID, a unique prefix of it (4 hex digits or more), or latest")
 
     rst = sub.add_parser("restore", help="restore a snapshot onto a block device, image file or directory")
     _add_repo_flags(rst)
-    rst.add_argument("--snapshot", required=True, help="snapshot ID")
+    rst.add_argument(
+        "--snapshot", required=True, help="snapshot ID, a unique prefix of it (4 hex digits or more), or latest"
+    )
     rst.add_argument("target", help="block device or image file (block snapshots), directory (filesystem)")
     rst.add_argument("--sparse", action="store_true", help="the block device reads as zeros: skip its holes")
     d = RestoreSettings()
@@ -321,7 +323,8 @@ async def cmd_snapshot_list(args: argparse.Namespace) -> int:
 
 async def cmd_snapshot_show(args: argparse.Namespace) -> int:
     async def body(repo: Repository) -> int:
-        info = _summary(args.snapshot_id.strip().lower(), await repo.read_manifest(args.snapshot_id))
+        snapshot_id = await repo.resolve(args.snapshot_id)
+        info = _summary(snapshot_id, await repo.read_manifest(snapshot_id))
         text = "\n".join(f"{k + ':':14}{shown(v) if isinstance(v, str) else v}" for k, v in info.items())
         _emit(args, info, text)
         return 0
@@ -340,7 +343,8 @@ async def cmd_restore(args: argparse.Namespace) -> int:
     )
 
     async def body(repo: Repository) -> int:
-        result = await restore(repo, args.snapshot, args.target, settings, ProgressBar("restore", sys.stderr))
+        snapshot_id = await repo.resolve(args.snapshot)
+        result = await restore(repo, snapshot_id, args.target, settings, ProgressBar("restore", sys.stderr))
         rate = result.total_bytes / max(result.seconds, 1e-9)
         _report("not restored:", result.problems)
         if not args.json:
@@ -350,7 +354,7 @@ async def cmd_restore(args: argparse.Namespace) -> int:
             )
         payload = asdict(result)
         payload["problems"] = [_problem_json(p) for p in result.problems]
-        _emit(args, payload, f"restored {args.snapshot} to {shown(args.target)}")
+        _emit(args, payload, f"restored {snapshot_id} to {shown(args.target)}")
         return EXIT_INCOMPLETE if result.problems else 0
 
     return await _with_repo(args, body)

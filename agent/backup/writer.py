@@ -265,7 +265,8 @@ def _source_info(source: str) -> dict[str, str]:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 UTC with microseconds: ``latest`` tells snapshots of the same second apart."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 async def create_snapshot(

@@ -10,10 +10,19 @@ a transport fault (``CorruptedInTransit``).
 
 from __future__ import annotations
 
+import datetime as dt
 from functools import partial
 
 from agent.aio.threads import offload
-from agent.errors import ConfigError, CorruptedInTransit, ManifestInvalid, ObjectNotFound, PackMissing, SnapshotNotFound
+from agent.errors import (
+    ConfigError,
+    CorruptedInTransit,
+    ManifestInvalid,
+    ObjectNotFound,
+    PackMissing,
+    RepositoryError,
+    SnapshotNotFound,
+)
 from agent.repo.decoder import declared_body_bytes, decode_manifest
 from agent.repo.format import Manifest, is_snapshot_id, snapshot_id_of
 from agent.settings import RepositorySettings
@@ -25,6 +34,45 @@ SNAPSHOTS = "snapshots/"
 # Manifests larger than this (stored, or their body once decompressed) are hashed and decoded in a thread, so
 # the event loop keeps serving and a cancellation stops them.
 _DECODE_INLINE_BYTES = 256 * 1024
+
+
+LATEST = "latest"
+MIN_PREFIX = 4
+"""Hex digits a short snapshot ID needs at least (restic shows 8)."""
+_HEX = frozenset("0123456789abcdef")
+
+
+def check_reference(reference: str) -> str:
+    """``reference`` lower-cased if it can name a snapshot: a whole ID, a prefix of at least ``MIN_PREFIX``
+    hex digits, or ``latest``. Raises ConfigError otherwise (before anything is read)."""
+    ref = reference.strip().lower()
+    if ref == LATEST or is_snapshot_id(ref) or (MIN_PREFIX <= len(ref) < 64 and set(ref) <= _HEX):
+        return ref
+    raise ConfigError(
+        f"{reference!r} is not a snapshot ID: give the whole ID (64 hexadecimal digits), a unique prefix of at "
+        f"least {MIN_PREFIX} of them, or {LATEST!r}"
+    )
+
+
+def match_snapshot(prefix: str, ids: list[str]) -> str:
+    """The one ID among ``ids`` that starts with ``prefix`` (as restic accepts short IDs). Raises
+    SnapshotNotFound (the caller says where) when none does, ConfigError when several do."""
+    found = [i for i in ids if i.startswith(prefix)]
+    if not found:
+        raise SnapshotNotFound(f"no snapshot ID starts with {prefix}")
+    if len(found) > 1:
+        shown = ", ".join(i[:16] + "…" for i in found[:5]) + (", …" if len(found) > 5 else "")
+        raise ConfigError(f"{prefix} is the prefix of {len(found)} snapshot IDs ({shown}): give more digits")
+    return found[0]
+
+
+def created_at(created: str) -> dt.datetime:
+    """A manifest's ``created`` as a time (RFC 3339; any other text counts as the oldest)."""
+    try:
+        parsed = dt.datetime.fromisoformat(created)
+    except ValueError:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
 
 
 def pack_key(name: str) -> str:
@@ -53,6 +101,32 @@ class Repository:
         keys = await self.storage.list(SNAPSHOTS)
         ids = {k[len(SNAPSHOTS) :].split("/", 1)[0] for k in keys}
         return sorted(i for i in ids if is_snapshot_id(i))
+
+    async def resolve(self, reference: str) -> str:
+        """The snapshot ID ``reference`` names: a whole ID (returned lower-cased: reading it says whether it
+        exists), a unique prefix (``match_snapshot``), or ``latest``: the snapshot created last (by its
+        manifest's ``created``, then its ID; unreadable manifests are passed over). Raises ConfigError,
+        SnapshotNotFound naming this repository, and storage errors."""
+        ref = check_reference(reference)
+        if is_snapshot_id(ref):
+            return ref
+        ids = await self.snapshot_ids()
+        if ref != LATEST:
+            try:
+                return match_snapshot(ref, ids)
+            except SnapshotNotFound as e:
+                raise SnapshotNotFound(f"{e} in {self.describe()}") from None
+        newest: tuple[dt.datetime, str] | None = None
+        for snapshot_id in ids:
+            try:
+                created = created_at((await self.read_manifest(snapshot_id)).created)
+            except RepositoryError:
+                continue
+            if newest is None or (created, snapshot_id) > newest:
+                newest = (created, snapshot_id)
+        if newest is None:
+            raise SnapshotNotFound(f"there is no readable snapshot in {self.describe()}, so no latest one")
+        return newest[1]
 
     async def read_manifest(self, snapshot_id: str) -> Manifest:
         """Fetch, verify (against the ID) and parse a manifest. Raises ConfigError (not an ID),
