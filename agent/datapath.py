@@ -58,6 +58,9 @@ class MeteredStorage(Storage):
     async def list(self, prefix: str) -> list[str]:
         return await self._inner.list(prefix)
 
+    async def sizes(self, prefix: str) -> dict[str, int]:
+        return await self._inner.sizes(prefix)
+
     async def aclose(self) -> None:
         await self._inner.aclose()
 

@@ -65,6 +65,9 @@ class MemoryStorage(Storage):
     async def list(self, prefix: str) -> list[str]:
         return sorted(k for k in self._whole if k.startswith(prefix))
 
+    async def sizes(self, prefix: str) -> dict[str, int]:
+        raise NotImplementedError  # restores only: nothing here lists sizes
+
     async def aclose(self) -> None:
         return None
 

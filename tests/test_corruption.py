@@ -82,6 +82,9 @@ class FlakyStorage(Storage):
     async def list(self, prefix: str) -> list[str]:
         return await self.inner.list(prefix)
 
+    async def sizes(self, prefix: str) -> dict[str, int]:
+        return await self.inner.sizes(prefix)
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 

@@ -40,9 +40,13 @@ async def test_objects_round_trip_with_ranges_and_listing(repo: Repository) -> N
     assert await s.list("packs/") == ["packs/aa/one", "packs/bb/two"]
     assert await s.list("snapshots/") == ["snapshots/three"]
     assert await s.list("nothing/") == []
+    assert await s.sizes("packs/") == {"packs/aa/one": 10, "packs/bb/two": 5}
+    assert await s.sizes("snapshots/") == {"snapshots/three": 0}
+    assert await s.sizes("nothing/") == {}
     await s.delete("packs/bb/two")
     await s.delete("packs/bb/two")
     assert await s.list("packs/") == ["packs/aa/one"]
+    assert await s.sizes("packs/") == {"packs/aa/one": 10}
 
 
 async def test_missing_object_and_short_range_are_distinct_errors(repo: Repository) -> None:

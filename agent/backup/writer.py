@@ -220,8 +220,16 @@ class _Packer:
 async def known_chunks(repo: Repository) -> tuple[dict[bytes, ChunkRecord], list[str]]:
     """Every chunk the repository's snapshots refer to, for deduplication (pack as an index into the
     returned list of pack names). Unreadable manifests are skipped with a warning. Two manifests are read
-    at a time: each may take up to the manifest memory limit while it is parsed."""
+    at a time: each may take up to the manifest memory limit while it is parsed.
+
+    A chunk is reused only where its pack exists and is long enough to hold it (one listing of the packs'
+    sizes): a manifest that names a pack that is missing, cut short or not a file (damage, or a manifest
+    forged into the repository) would otherwise make every later snapshot refer to bytes that are not there,
+    and such snapshots could not be restored. Those chunks are stored again instead, with a warning naming
+    the snapshot. (That the bytes in place are the chunk's is checked only when they are read: a restore
+    verifies every chunk.)"""
     ids = await repo.snapshot_ids()
+    sizes = await repo.pack_sizes()
     limit = asyncio.Semaphore(2)
     known: dict[bytes, ChunkRecord] = {}
     pack_index: dict[str, int] = {}
@@ -233,10 +241,22 @@ async def known_chunks(repo: Repository) -> tuple[dict[bytes, ChunkRecord], list
             except FerryError as e:
                 log.warning("not deduplicating against snapshot %s: %s", sid, e)
                 return
+        lengths = [sizes.get(name, -1) for name in manifest.packs]
+        unusable = 0
         for rec in manifest.chunks:
+            if rec.offset + rec.stored > lengths[rec.pack]:
+                unusable += 1
+                continue
             if rec.id not in known:
                 pack = pack_index.setdefault(manifest.packs[rec.pack], len(pack_index))
                 known[rec.id] = rec._replace(pack=pack)
+        if unusable:
+            log.warning(
+                "snapshot %s refers to %d chunks in packs that are missing or too short: they are stored again, "
+                "not reused; that snapshot cannot be restored whole",
+                sid,
+                unusable,
+            )
 
     async with task_group() as tg:
         for sid in ids:

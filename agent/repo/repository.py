@@ -102,6 +102,12 @@ class Repository:
         ids = {k[len(SNAPSHOTS) :].split("/", 1)[0] for k in keys}
         return sorted(i for i in ids if is_snapshot_id(i))
 
+    async def pack_sizes(self) -> dict[str, int]:
+        """Every pack's name and stored size in bytes (one listing of ``packs/``; keys that are not a pack's
+        are left out)."""
+        found = await self.storage.sizes(PACKS)
+        return {key.rsplit("/", 1)[-1]: size for key, size in found.items() if key == pack_key(key.rsplit("/", 1)[-1])}
+
     async def resolve(self, reference: str) -> str:
         """The snapshot ID ``reference`` names: a whole ID (returned lower-cased: reading it says whether it
         exists), a unique prefix (``match_snapshot``), or ``latest``: the snapshot created last (by its

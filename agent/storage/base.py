@@ -50,6 +50,10 @@ class Storage(abc.ABC):
     async def list(self, prefix: str) -> list[str]:
         """Keys that start with ``prefix``, sorted."""
 
+    @abc.abstractmethod
+    async def sizes(self, prefix: str) -> dict[str, int]:
+        """The keys that start with ``prefix`` and their objects' sizes in bytes (one listing, no reads)."""
+
     async def check(self) -> None:  # noqa: B027 - optional: only a local directory can be missing
         """Raise StorageError if nothing can be read here at all (a local directory that does not exist
         or is not a directory). An object store's prefix is always there, empty or not."""

@@ -177,5 +177,18 @@ class LocalStorage(Storage):
                 keys.append(base.rstrip("/"))  # an empty directory where an object may be: reading it says so
         return sorted(keys)
 
+    async def sizes(self, prefix: str) -> dict[str, int]:
+        return await asyncio.to_thread(self._sizes, prefix)
+
+    def _sizes(self, prefix: str) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for key in self._list(prefix):
+            try:
+                st = os.stat(os.path.join(self._root, *key.split("/")))
+            except FileNotFoundError:  # removed since it was listed
+                continue
+            found[key] = st.st_size if stat.S_ISREG(st.st_mode) else -1  # not a file: no object of any size
+        return found
+
     async def aclose(self) -> None:
         return None

@@ -291,6 +291,16 @@ class S3Storage(Storage):
 
         return await self._call("LIST", prefix, op)
 
+    async def sizes(self, prefix: str) -> dict[str, int]:
+        async def op() -> dict[str, int]:
+            found: dict[str, int] = {}
+            paginator = self.client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self._bucket, Prefix=self._prefix + prefix):
+                found.update((obj["Key"][len(self._prefix) :], int(obj["Size"])) for obj in page.get("Contents", []))
+            return found
+
+        return await self._call("LIST", prefix, op)
+
     async def aclose(self) -> None:
         self._client = None
         await self._stack.aclose()
