@@ -26,11 +26,12 @@ import uvloop
 
 from agent import logs
 from agent.backup.writer import create_snapshot
-from agent.errors import ConfigError, FerryError
+from agent.errors import ConfigError, FerryError, SnapshotNotFound
 from agent.fs.names import Problem, is_utf8, shown
 from agent.pipeline.restore import restore
 from agent.repo.format import Manifest
-from agent.repo.repository import Repository
+from agent.repo.repository import Repository, created_at
+from agent.repo.retention import Candidate, Policy, group_of, kept
 from agent.settings import (
     MiB,
     RepositorySettings,
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a node while the node's agent reads or writes it.",
     )
 
-    snap = sub.add_parser("snapshot", help="create, list and show snapshots").add_subparsers(
+    snap = sub.add_parser("snapshot", help="create, list, show and forget snapshots").add_subparsers(
         dest="action", required=True
     )
     create = snap.add_parser("create", help="snapshot a block device, image file or directory")
@@ -170,6 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     show = snap.add_parser("show", help="describe one snapshot")
     _add_repo_flags(show)
     show.add_argument("snapshot_id", help="snapshot ID, a unique prefix of it (4 hex digits or more), or latest")
+
+    forget = snap.add_parser(
+        "forget",
+        help="forget snapshots: by ID, or by a retention policy (a dry run unless --apply)",
+        description="Delete snapshots' manifests: the ones named, or those a retention policy does not keep "
+        "(per group: the Velero namespace and PVC, else the host and path; as restic's forget --keep-*). Named "
+        "snapshots are forgotten at once; a policy only shows what it would forget until --apply is given. "
+        "--dry-run shows and changes nothing. The data stays in the repository's packs.",
+    )
+    _add_repo_flags(forget)
+    forget.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="snapshot ID, unique prefix, or latest")
+    for rule in ("last", "daily", "weekly", "monthly"):
+        forget.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N", help=f"keep {rule} snapshots")
+    forget.add_argument("--apply", action="store_true", help="carry a policy out (default: show what it would do)")
+    forget.add_argument("--dry-run", action="store_true", help="show what would be forgotten; change nothing")
 
     rst = sub.add_parser("restore", help="restore a snapshot onto a block device, image file or directory")
     _add_repo_flags(rst)
@@ -332,6 +348,56 @@ async def cmd_snapshot_show(args: argparse.Namespace) -> int:
     return await _with_repo(args, body)
 
 
+async def cmd_snapshot_forget(args: argparse.Namespace) -> int:
+    policy = Policy(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly)
+    if bool(args.snapshots) == (not policy.empty):
+        raise ConfigError("name the snapshots to forget, or give a policy (--keep-last/-daily/-weekly/-monthly)")
+
+    async def body(repo: Repository) -> int:
+        await repo.storage.check()
+        keep: dict[str, list[str]] = {}
+        unreadable: list[str] = []
+        if args.snapshots:
+            doomed = sorted({await repo.resolve(ref) for ref in args.snapshots})
+            present = set(await repo.snapshot_ids())
+            for snapshot_id in doomed:  # a missing one is an error, not a silent no-op (a damaged one is forgotten)
+                if snapshot_id not in present:
+                    raise SnapshotNotFound(f"snapshot {snapshot_id} does not exist in {repo.describe()}")
+            apply = not args.dry_run
+        else:
+            candidates: list[Candidate] = []
+            for snapshot_id in await repo.snapshot_ids():
+                try:
+                    m = await repo.read_manifest(snapshot_id)
+                except FerryError as e:  # no date to judge it by: kept
+                    unreadable.append(snapshot_id)
+                    sys.stderr.write(f"ferry: snapshot {snapshot_id} cannot be read, kept: {logs.redact(str(e))}\n")
+                    continue
+                candidates.append(Candidate(snapshot_id, created_at(m.created), group_of(m.source)))
+            keep = kept(candidates, policy)
+            doomed = sorted(c.snapshot_id for c in candidates if c.snapshot_id not in keep)
+            apply = args.apply and not args.dry_run
+        if apply:
+            for snapshot_id in doomed:
+                await repo.forget(snapshot_id)
+        verb = "forgot" if apply else "would forget"
+        lines = [f"keep    {i}  ({', '.join(rules)})" for i, rules in sorted(keep.items())]
+        lines += [f"{'forget' if apply else 'forget?'} {i}" for i in doomed]
+        summary = f"{verb} {len(doomed)} snapshot(s)"
+        if not args.snapshots:
+            summary += f", kept {len(keep) + len(unreadable)}"
+        if not apply:
+            summary += "; nothing was changed" + ("" if args.dry_run else " (--apply carries the policy out)")
+        elif doomed:
+            summary += "; their data stays in the repository's packs"
+        lines.append(summary)
+        payload = {"forget": doomed, "keep": keep, "unreadable": unreadable, "applied": apply}
+        _emit(args, payload, "\n".join(lines))
+        return EXIT_INCOMPLETE if unreadable else 0
+
+    return await _with_repo(args, body)
+
+
 async def cmd_restore(args: argparse.Namespace) -> int:
     settings = RestoreSettings(
         reads_in_flight=args.reads,
@@ -397,6 +463,7 @@ COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], Coroutine[
     ("snapshot", "create"): cmd_snapshot_create,
     ("snapshot", "list"): cmd_snapshot_list,
     ("snapshot", "show"): cmd_snapshot_show,
+    ("snapshot", "forget"): cmd_snapshot_forget,
     ("restore", None): cmd_restore,
 }
 

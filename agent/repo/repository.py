@@ -134,6 +134,14 @@ class Repository:
             raise SnapshotNotFound(f"there is no readable snapshot in {self.describe()}, so no latest one")
         return newest[1]
 
+    async def forget(self, snapshot_id: str) -> None:
+        """Delete a snapshot's manifest (its data stays in the packs: other snapshots may share it).
+        Raises ConfigError for what is not an ID, and storage errors; forgetting a missing one is not an
+        error."""
+        if not is_snapshot_id(snapshot_id):
+            raise ConfigError(f"{snapshot_id!r} is not a snapshot ID (64 hexadecimal digits)")
+        await self.storage.delete(snapshot_key(snapshot_id))
+
     async def read_manifest(self, snapshot_id: str) -> Manifest:
         """Fetch, verify (against the ID) and parse a manifest. Raises ConfigError (not an ID),
         SnapshotNotFound, ManifestInvalid, ManifestTooLarge, UnsupportedFormat, CorruptedInTransit or a
