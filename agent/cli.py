@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import datetime as dt
 import json
 import logging
 import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -29,7 +31,7 @@ from agent.backup.writer import create_snapshot
 from agent.errors import ConfigError, FerryError, SnapshotNotFound
 from agent.fs.names import Problem, is_utf8, shown
 from agent.pipeline.restore import restore
-from agent.repo.format import Manifest
+from agent.repo.format import Entry, Manifest
 from agent.repo.repository import Repository, created_at
 from agent.repo.retention import Candidate, Policy, group_of, kept
 from agent.settings import (
@@ -172,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_repo_flags(show)
     show.add_argument("snapshot_id", help="snapshot ID, a unique prefix of it (4 hex digits or more), or latest")
 
+    ls = snap.add_parser("ls", help="list the files of a filesystem snapshot (under PATH)")
+    _add_repo_flags(ls)
+    ls.add_argument("snapshot_id", help="snapshot ID, a unique prefix of it (4 hex digits or more), or latest")
+    ls.add_argument("path", nargs="?", default="", help="a path in the snapshot: it and what is beneath it")
+
     forget = snap.add_parser(
         "forget",
         help="forget snapshots: by ID, or by a retention policy (a dry run unless --apply)",
@@ -244,7 +251,7 @@ def _problem_json(problem: Problem) -> dict[str, str]:
     """A path for machines: as text if it is UTF-8, else its bytes in base64 (``rawPath``)."""
     if is_utf8(problem.path):
         return {"path": problem.path, "reason": problem.reason}
-    return {"rawPath": base64.b64encode(os.fsencode(problem.path)).decode("ascii"), "reason": problem.reason}
+    return {"rawPath": _raw(problem.path), "reason": problem.reason}
 
 
 def _report(what: str, problems: Iterable[Problem]) -> None:
@@ -343,6 +350,57 @@ async def cmd_snapshot_show(args: argparse.Namespace) -> int:
         info = _summary(snapshot_id, await repo.read_manifest(snapshot_id))
         text = "\n".join(f"{k + ':':14}{shown(v) if isinstance(v, str) else v}" for k, v in info.items())
         _emit(args, info, text)
+        return 0
+
+    return await _with_repo(args, body)
+
+
+_TYPE_LETTERS = {"dir": "d", "file": "-", "symlink": "l", "hardlink": "h", "fifo": "p", "chardev": "c", "blockdev": "b"}
+
+
+def _entry_json(entry: Entry) -> dict[str, Any]:
+    where = {"path": entry.path} if is_utf8(entry.path) else {"rawPath": _raw(entry.path)}
+    out: dict[str, Any] = where | {
+        "type": entry.type,
+        "mode": f"{entry.meta.mode:04o}",
+        "uid": entry.meta.uid,
+        "gid": entry.meta.gid,
+        "size": entry.size,
+        "mtimeNs": entry.meta.mtime_ns,
+    }
+    if entry.target:
+        out |= {"target": entry.target} if is_utf8(entry.target) else {"rawTarget": _raw(entry.target)}
+    return out
+
+
+def _raw(text: str) -> str:
+    return base64.b64encode(os.fsencode(text)).decode("ascii")
+
+
+def _mtime(ns: int) -> str:
+    try:
+        return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):  # beyond what datetime holds (Linux stores more)
+        return f"@{ns // 10**9}"
+
+
+async def cmd_snapshot_ls(args: argparse.Namespace) -> int:
+    under = args.path.strip("/")
+
+    async def body(repo: Repository) -> int:
+        snapshot_id = await repo.resolve(args.snapshot_id)
+        m = await repo.read_manifest(snapshot_id)
+        if m.mode != "filesystem":
+            raise ConfigError(f"snapshot {snapshot_id} is of a block volume ({m.size} bytes): it holds no files")
+        entries = [e for e in m.entries if not under or e.path == under or e.path.startswith(under + "/")]
+        if under and not entries:
+            raise ConfigError(f"snapshot {snapshot_id} has no {shown(under)}")
+        lines = [
+            f"{_TYPE_LETTERS[e.type]}{stat.filemode(e.meta.mode)[1:]} {e.meta.uid:>6} {e.meta.gid:>6} "
+            f"{e.size:>12} {_mtime(e.meta.mtime_ns)}  {shown(e.path)}" + (f" -> {shown(e.target)}" if e.target else "")
+            for e in entries
+        ]
+        _emit(args, [_entry_json(e) for e in entries], "\n".join(lines))
         return 0
 
     return await _with_repo(args, body)
@@ -464,6 +522,7 @@ COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], Coroutine[
     ("snapshot", "list"): cmd_snapshot_list,
     ("snapshot", "show"): cmd_snapshot_show,
     ("snapshot", "forget"): cmd_snapshot_forget,
+    ("snapshot", "ls"): cmd_snapshot_ls,
     ("restore", None): cmd_restore,
 }
 
