@@ -34,6 +34,7 @@ from agent.pipeline.restore import restore
 from agent.repo.format import Entry, Manifest
 from agent.repo.repository import Repository, created_at
 from agent.repo.retention import Candidate, Policy, group_of, kept
+from agent.repo.stats import repository_stats
 from agent.settings import (
     MiB,
     RepositorySettings,
@@ -193,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
         forget.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N", help=f"keep {rule} snapshots")
     forget.add_argument("--apply", action="store_true", help="carry a policy out (default: show what it would do)")
     forget.add_argument("--dry-run", action="store_true", help="show what would be forgotten; change nothing")
+
+    repo_cmd = sub.add_parser("repo", help="the repository as a whole").add_subparsers(dest="action", required=True)
+    stats = repo_cmd.add_parser("stats", help="what the snapshots restore, share and take in storage")
+    _add_repo_flags(stats)
 
     rst = sub.add_parser("restore", help="restore a snapshot onto a block device, image file or directory")
     _add_repo_flags(rst)
@@ -406,6 +411,37 @@ async def cmd_snapshot_ls(args: argparse.Namespace) -> int:
     return await _with_repo(args, body)
 
 
+async def cmd_repo_stats(args: argparse.Namespace) -> int:
+    async def body(repo: Repository) -> int:
+        await repo.storage.check()
+        st = await repository_stats(repo)
+        for snapshot_id in st.unreadable:
+            sys.stderr.write(f"ferry: snapshot {snapshot_id} cannot be read: not counted\n")
+        payload = asdict(st) | {
+            "unreadable": list(st.unreadable),
+            "unreferenced_bytes": st.unreferenced_bytes,
+            "dedup_ratio": round(st.dedup_ratio, 3),
+            "compression_ratio": round(st.compression_ratio, 3),
+        }
+        text = "\n".join(
+            [
+                f"snapshots:            {st.snapshots}"
+                + (f" ({len(st.unreadable)} unreadable)" if st.unreadable else ""),
+                f"restore size:         {human_bytes(st.restore_bytes)}  (every snapshot restored)",
+                f"distinct data:        {human_bytes(st.unique_bytes)} in {st.unique_chunks} chunks"
+                f"  (deduplication {st.dedup_ratio:.2f}x)",
+                f"stored:               {human_bytes(st.referenced_stored_bytes)}"
+                f"  (compression {st.compression_ratio:.2f}x)",
+                f"packs:                {human_bytes(st.pack_bytes)} in {st.packs} packs, "
+                f"{human_bytes(st.unreferenced_bytes)} of it referenced by no snapshot",
+            ]
+        )
+        _emit(args, payload, text)
+        return EXIT_INCOMPLETE if st.unreadable else 0
+
+    return await _with_repo(args, body)
+
+
 async def cmd_snapshot_forget(args: argparse.Namespace) -> int:
     policy = Policy(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly)
     if bool(args.snapshots) == (not policy.empty):
@@ -523,6 +559,7 @@ COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], Coroutine[
     ("snapshot", "show"): cmd_snapshot_show,
     ("snapshot", "forget"): cmd_snapshot_forget,
     ("snapshot", "ls"): cmd_snapshot_ls,
+    ("repo", "stats"): cmd_repo_stats,
     ("restore", None): cmd_restore,
 }
 
