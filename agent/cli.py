@@ -206,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rst.add_argument("target", help="block device or image file (block snapshots), directory (filesystem)")
     rst.add_argument("--sparse", action="store_true", help="the block device reads as zeros: skip its holes")
+    rst.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="restore only the paths (and what is beneath them) this glob matches; repeatable",
+    )
     d = RestoreSettings()
     rst.add_argument(
         "--reads", type=int, default=d.reads_in_flight, help=f"ranged GETs in flight ({d.reads_in_flight})"
@@ -504,7 +511,8 @@ async def cmd_restore(args: argparse.Namespace) -> int:
 
     async def body(repo: Repository) -> int:
         snapshot_id = await repo.resolve(args.snapshot)
-        result = await restore(repo, snapshot_id, args.target, settings, ProgressBar("restore", sys.stderr))
+        bar = ProgressBar("restore", sys.stderr)
+        result = await restore(repo, snapshot_id, args.target, settings, bar, include=args.include)
         rate = result.total_bytes / max(result.seconds, 1e-9)
         _report("not restored:", result.problems)
         if not args.json:

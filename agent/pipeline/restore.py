@@ -16,15 +16,16 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agent.aio.taskgroups import task_group
-from agent.aio.threads import WorkerPool
+from agent.aio.threads import WorkerPool, offload
 from agent.errors import ConfigError, TargetError
 from agent.fs.names import Problem, shown
 from agent.pipeline.block_target import BlockTarget
 from agent.pipeline.plan import Plan, plan_block, plan_tree
+from agent.pipeline.select import select_entries
 from agent.pipeline.transfer import Sink, TransferStats, decode_bytes, transfer
 from agent.pipeline.tree_target import TreeTarget
 from agent.repo.format import Manifest
@@ -111,11 +112,16 @@ async def restore(
     settings: RestoreSettings,
     progress: Progress | None = None,
     stats: TransferStats | None = None,
+    include: Sequence[str] = (),
 ) -> RestoreResult:
-    """Restore ``snapshot_id`` onto ``target``. ``stats``, when given, is updated as the transfer goes
-    (for metrics that are read while it runs)."""
+    """Restore ``snapshot_id`` onto ``target``: all of it, or the entries ``include`` selects
+    (``agent.pipeline.select``; ConfigError when it selects nothing). ``stats``, when given, is updated as
+    the transfer goes (for metrics that are read while it runs)."""
     started = time.monotonic()
     manifest = await repo.read_manifest(snapshot_id)
+    if include:
+        whole = manifest
+        manifest = await offload(lambda _stop: select_entries(whole, include, snapshot_id))
     stats = stats if stats is not None else TransferStats()
     threads = decode_threads(manifest, settings)
     if threads < settings.worker_threads:
