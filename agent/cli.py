@@ -31,6 +31,7 @@ from agent.backup.writer import create_snapshot
 from agent.errors import ConfigError, FerryError, SnapshotNotFound
 from agent.fs.names import Problem, is_utf8, shown
 from agent.pipeline.restore import restore
+from agent.repo.check import check_repository
 from agent.repo.format import Entry, Manifest
 from agent.repo.repository import Repository, created_at
 from agent.repo.retention import Candidate, Policy, group_of, kept
@@ -198,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     repo_cmd = sub.add_parser("repo", help="the repository as a whole").add_subparsers(dest="action", required=True)
     stats = repo_cmd.add_parser("stats", help="what the snapshots restore, share and take in storage")
     _add_repo_flags(stats)
+    chk = repo_cmd.add_parser(
+        "check",
+        help="check every manifest and that every chunk lies in a pack (--read-data: read and verify every chunk)",
+    )
+    _add_repo_flags(chk)
+    chk.add_argument("--read-data", action="store_true", help="read every chunk and verify it, as a restore does")
 
     rst = sub.add_parser("restore", help="restore a snapshot onto a block device, image file or directory")
     _add_repo_flags(rst)
@@ -449,6 +456,36 @@ async def cmd_repo_stats(args: argparse.Namespace) -> int:
     return await _with_repo(args, body)
 
 
+async def cmd_repo_check(args: argparse.Namespace) -> int:
+    async def body(repo: Repository) -> int:
+        await repo.storage.check()
+        bar = ProgressBar("read data", sys.stderr)
+        report = await check_repository(repo, read_data=args.read_data, progress=bar)
+        lines = [f"damaged: {d}" for d in report.damage]
+        read = (
+            f", {report.chunks_read} chunks ({human_bytes(report.bytes_read)}) read and verified"
+            if args.read_data
+            else ""
+        )
+        lines.append(f"{report.snapshots} snapshots and {report.packs} packs checked{read}")
+        if report.unreferenced_packs:
+            lines.append(
+                f"{len(report.unreferenced_packs)} packs ({human_bytes(report.unreferenced_bytes)}) are referenced by "
+                "no snapshot (left by interrupted or forgotten snapshots; not damage)"
+            )
+        if report.transit_faults:
+            lines.append(
+                f"{report.transit_faults} reads came back corrupted and right when read again: the network path "
+                "corrupts data, the stored objects are intact"
+            )
+        lines.append("no damage found" if report.ok else f"{len(report.damage)} problems found")
+        payload = asdict(report) | {"damage": [str(d) for d in report.damage], "ok": report.ok}
+        _emit(args, payload, "\n".join(lines))
+        return 0 if report.ok else 1
+
+    return await _with_repo(args, body)
+
+
 async def cmd_snapshot_forget(args: argparse.Namespace) -> int:
     policy = Policy(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly)
     if bool(args.snapshots) == (not policy.empty):
@@ -568,6 +605,7 @@ COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], Coroutine[
     ("snapshot", "forget"): cmd_snapshot_forget,
     ("snapshot", "ls"): cmd_snapshot_ls,
     ("repo", "stats"): cmd_repo_stats,
+    ("repo", "check"): cmd_repo_check,
     ("restore", None): cmd_restore,
 }
 
