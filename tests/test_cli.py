@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,21 +13,11 @@ from pathlib import Path
 import pytest
 
 from agent.cli import ProgressBar
+from tests.support.cli import ferry
 from tests.support.data import make_sample_tree, tree_differences, write_mixed_image
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
 
 MiB = 1024 * 1024
-
-
-def ferry(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ from hypothesis import strategies as st
 
 from agent.errors import ConfigError
 from agent.repo.retention import Candidate, Policy, group_of, kept
+from tests.support.cli import ferry
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -76,14 +74,8 @@ def test_groups_are_velero_pvcs_or_host_and_path() -> None:
     assert group_of({"host": "h", "path": "/srv"}) == "h:/srv"
 
 
-def _ferry(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=120, env=os.environ, check=False
-    )
-
-
 def _ids(repo: str) -> list[str]:
-    listed = _ferry("snapshot", "list", "--repo", repo, "--json")
+    listed = ferry("snapshot", "list", "--repo", repo, "--json")
     assert listed.returncode == 0, listed.stderr
     return sorted(r["id"] for r in json.loads(listed.stdout))
 
@@ -95,14 +87,14 @@ def test_forget_by_name_and_by_policy(tmp_path: Path) -> None:
     made = []
     for n in range(4):
         (source / "v.txt").write_text(f"version {n}\n")
-        made.append(_ferry("snapshot", "create", "--repo", repo, str(source)).stdout.strip())
+        made.append(ferry("snapshot", "create", "--repo", repo, str(source)).stdout.strip())
     assert _ids(repo) == sorted(made)
 
-    usage = _ferry("snapshot", "forget", "--repo", repo)
+    usage = ferry("snapshot", "forget", "--repo", repo)
     assert usage.returncode == 2
     assert "name the snapshots to forget, or give a policy" in usage.stderr
 
-    shown = _ferry("snapshot", "forget", "--repo", repo, "--keep-last", "2", "--json")
+    shown = ferry("snapshot", "forget", "--repo", repo, "--keep-last", "2", "--json")
     assert shown.returncode == 0, shown.stderr
     plan = json.loads(shown.stdout)
     assert plan["applied"] is False
@@ -110,12 +102,12 @@ def test_forget_by_name_and_by_policy(tmp_path: Path) -> None:
     assert sorted(plan["keep"]) == sorted(made[2:])
     assert _ids(repo) == sorted(made), "a policy without --apply changed the repository"
 
-    dry = _ferry("snapshot", "forget", "--repo", repo, made[0][:8], "--dry-run")
+    dry = ferry("snapshot", "forget", "--repo", repo, made[0][:8], "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.strip().splitlines()[-1] == "would forget 1 snapshot(s); nothing was changed"
     assert _ids(repo) == sorted(made)
 
-    one = _ferry("snapshot", "forget", "--repo", repo, made[0][:8])
+    one = ferry("snapshot", "forget", "--repo", repo, made[0][:8])
     assert one.returncode == 0, one.stderr
     assert one.stdout.strip().splitlines() == [
         f"forget {made[0]}",
@@ -123,13 +115,13 @@ def test_forget_by_name_and_by_policy(tmp_path: Path) -> None:
     ]
     assert _ids(repo) == sorted(made[1:])
 
-    applied = _ferry("snapshot", "forget", "--repo", repo, "--keep-last", "1", "--apply")
+    applied = ferry("snapshot", "forget", "--repo", repo, "--keep-last", "1", "--apply")
     assert applied.returncode == 0, applied.stderr
     assert _ids(repo) == [made[3]]
-    restored = _ferry("restore", "--repo", repo, "--snapshot", "latest", str(tmp_path / "out"))
+    restored = ferry("restore", "--repo", repo, "--snapshot", "latest", str(tmp_path / "out"))
     assert restored.returncode == 0, restored.stderr
     assert (tmp_path / "out" / "v.txt").read_text() == "version 3\n"
 
-    gone = _ferry("snapshot", "forget", "--repo", repo, made[0])
+    gone = ferry("snapshot", "forget", "--repo", repo, made[0])
     assert gone.returncode == 1
     assert gone.stderr.strip() == f"ferry: snapshot {made[0]} does not exist in file://{repo}"

@@ -6,9 +6,6 @@ damage (``agent.repo.check``)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from agent.repo.check import check_repository
 from agent.repo.repository import Repository, pack_key, snapshot_key
 from agent.settings import MiB, SnapshotSettings
 from agent.storage.local import LocalStorage
+from tests.support.cli import ferry
 from tests.support.data import write_mixed_image
 
 SETTINGS = SnapshotSettings(pack_bytes=1 * MiB)
@@ -106,17 +104,11 @@ async def test_packs_no_snapshot_needs_are_reported_not_as_damage(tmp_path: Path
     assert report.unreferenced_bytes == sum((root / pack_key(p)).stat().st_size for p in packs)
 
 
-def _ferry(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=120, env=os.environ, check=False
-    )
-
-
 def test_the_command_reports_and_exits_1_on_damage(tmp_path: Path) -> None:
     image = write_mixed_image(tmp_path / "disk.img", 2 * MiB, seed=33, run=256 * 1024)
     repo = str(tmp_path / "repo")
-    sid = _ferry("snapshot", "create", "--repo", repo, str(image)).stdout.strip()
-    sound = _ferry("repo", "check", "--repo", repo, "--read-data")
+    sid = ferry("snapshot", "create", "--repo", repo, str(image)).stdout.strip()
+    sound = ferry("repo", "check", "--repo", repo, "--read-data")
     assert sound.returncode == 0, sound.stderr
     assert sound.stdout.splitlines()[-1] == "no damage found"
     pack = next((tmp_path / "repo" / "packs").rglob("*"), None)
@@ -124,7 +116,7 @@ def test_the_command_reports_and_exits_1_on_damage(tmp_path: Path) -> None:
         pack = next(pack.iterdir())
     assert pack is not None
     pack.unlink()
-    damaged = _ferry("repo", "check", "--repo", repo, "--json")
+    damaged = ferry("repo", "check", "--repo", repo, "--json")
     assert damaged.returncode == 1
     report = json.loads(damaged.stdout)
     assert report["ok"] is False

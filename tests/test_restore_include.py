@@ -5,8 +5,6 @@ nothing else is written or fetched."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from agent.pipeline.restore import restore
 from agent.repo.repository import Repository
 from agent.settings import MiB, RestoreSettings, SnapshotSettings
 from agent.storage.local import LocalStorage
+from tests.support.cli import ferry
 
 
 def _tree(root: Path) -> Path:
@@ -87,27 +86,21 @@ async def test_only_what_is_selected_is_fetched(snapshot: tuple[Repository, str,
     assert small.fetched_bytes < 64 * 1024 < 3 * MiB < whole.fetched_bytes
 
 
-def _ferry(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=120, env=os.environ, check=False
-    )
-
-
 def test_the_command_refuses_a_selection_of_nothing_and_block_snapshots(tmp_path: Path) -> None:
     source = _tree(tmp_path / "src")
     repo = str(tmp_path / "repo")
-    sid = _ferry("snapshot", "create", "--repo", repo, str(source)).stdout.strip()
+    sid = ferry("snapshot", "create", "--repo", repo, str(source)).stdout.strip()
     target = tmp_path / "out"
-    nothing = _ferry("restore", "--repo", repo, "--snapshot", sid, "--include", "nowhere/*", str(target))
+    nothing = ferry("restore", "--repo", repo, "--snapshot", sid, "--include", "nowhere/*", str(target))
     assert nothing.returncode == 2
     assert nothing.stderr.strip() == f"ferry: --include nowhere/* matches nothing in snapshot {sid}"
     assert not target.exists(), "a refused restore created its target"
-    one = _ferry("restore", "--repo", repo, "--snapshot", sid, "--include", "logs/a.txt", str(target))
+    one = ferry("restore", "--repo", repo, "--snapshot", sid, "--include", "logs/a.txt", str(target))
     assert one.returncode == 0, one.stderr
     assert _files(target) == {"logs", "logs/a.txt"}
     image = tmp_path / "disk.img"
     image.write_bytes(os.urandom(8192))
-    block = _ferry("snapshot", "create", "--repo", repo, str(image)).stdout.strip()
-    refused = _ferry("restore", "--repo", repo, "--snapshot", block, "--include", "x", str(tmp_path / "b.img"))
+    block = ferry("snapshot", "create", "--repo", repo, str(image)).stdout.strip()
+    refused = ferry("restore", "--repo", repo, "--snapshot", block, "--include", "x", str(tmp_path / "b.img"))
     assert refused.returncode == 2
     assert refused.stderr.strip() == f"ferry: --include selects files: snapshot {block} is of a block volume"

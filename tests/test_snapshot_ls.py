@@ -7,17 +7,11 @@ import base64
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def _ferry(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=120, env=os.environ, check=False
-    )
+from tests.support.cli import ferry
 
 
 @pytest.fixture
@@ -32,14 +26,14 @@ def snapshot(tmp_path: Path) -> tuple[str, str]:
     os.link(src / "dir" / "a.txt", src / "hard")
     (src / os.fsdecode(b"caf\xe9")).write_text("latin-1 name\n")
     repo = str(tmp_path / "repo")
-    made = _ferry("snapshot", "create", "--repo", repo, str(src))
+    made = ferry("snapshot", "create", "--repo", repo, str(src))
     assert made.returncode == 0, made.stderr
     return repo, made.stdout.strip()
 
 
 def test_every_entry_with_type_mode_size_and_target(snapshot: tuple[str, str]) -> None:
     repo, sid = snapshot
-    out = _ferry("snapshot", "ls", "--repo", repo, sid[:8])
+    out = ferry("snapshot", "ls", "--repo", repo, sid[:8])
     assert out.returncode == 0, out.stderr
     lines = {re.split(r"\d\d:\d\d:\d\d  ", line, maxsplit=1)[1]: line for line in out.stdout.splitlines()}
     assert set(lines) >= {"dir", "dir/a.txt", "dir/sub", "dir/sub/b", "dirt", "link -> dir/a.txt", "'caf'$'\\351'"}
@@ -53,14 +47,14 @@ def test_every_entry_with_type_mode_size_and_target(snapshot: tuple[str, str]) -
 @pytest.mark.parametrize("path", ["dir", "/dir/", "dir/"])
 def test_a_path_lists_it_and_what_is_beneath_it(snapshot: tuple[str, str], path: str) -> None:
     repo, sid = snapshot
-    out = _ferry("snapshot", "ls", "--repo", repo, sid, path, "--json")
+    out = ferry("snapshot", "ls", "--repo", repo, sid, path, "--json")
     assert out.returncode == 0, out.stderr
     assert [e["path"] for e in json.loads(out.stdout)] == ["dir", "dir/a.txt", "dir/sub", "dir/sub/b"]
 
 
 def test_json_gives_every_field_and_raw_names(snapshot: tuple[str, str]) -> None:
     repo, _ = snapshot
-    entries = json.loads(_ferry("snapshot", "ls", "--repo", repo, "latest", "--json").stdout)
+    entries = json.loads(ferry("snapshot", "ls", "--repo", repo, "latest", "--json").stdout)
     by_path = {e.get("path") or base64.b64decode(e["rawPath"]).decode("latin-1"): e for e in entries}
     a = by_path["dir/a.txt"]
     assert (a["type"], a["mode"], a["size"]) == ("file", "0640", 6)
@@ -71,12 +65,12 @@ def test_json_gives_every_field_and_raw_names(snapshot: tuple[str, str]) -> None
 
 def test_what_it_cannot_list_says_why(snapshot: tuple[str, str], tmp_path: Path) -> None:
     repo, sid = snapshot
-    missing = _ferry("snapshot", "ls", "--repo", repo, sid, "nowhere")
+    missing = ferry("snapshot", "ls", "--repo", repo, sid, "nowhere")
     assert missing.returncode == 2
     assert missing.stderr.strip() == f"ferry: snapshot {sid} has no nowhere"
     image = tmp_path / "disk.img"
     image.write_bytes(os.urandom(4096))
-    block = _ferry("snapshot", "create", "--repo", repo, str(image)).stdout.strip()
-    refused = _ferry("snapshot", "ls", "--repo", repo, block)
+    block = ferry("snapshot", "create", "--repo", repo, str(image)).stdout.strip()
+    refused = ferry("snapshot", "ls", "--repo", repo, block)
     assert refused.returncode == 2
     assert refused.stderr.strip() == f"ferry: snapshot {block} is of a block volume (4096 bytes): it holds no files"

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from hypothesis import strategies as st
 
 from agent.errors import ConfigError, SnapshotNotFound
 from agent.repo.repository import MIN_PREFIX, check_reference, created_at, match_snapshot
+from tests.support.cli import ferry
 
 ID = st.text("0123456789abcdef", min_size=64, max_size=64)
 
@@ -61,15 +59,9 @@ def test_created_orders_old_and_new_formats_and_puts_nonsense_first() -> None:
     assert new.tzinfo == dt.UTC
 
 
-def _ferry(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=120, env=os.environ, check=False
-    )
-
-
 def test_show_and_restore_by_short_id_and_latest(tmp_path: Path) -> None:
     repo = str(tmp_path / "repo")
-    empty = _ferry("restore", "--repo", repo, "--snapshot", "latest", str(tmp_path / "none"))
+    empty = ferry("restore", "--repo", repo, "--snapshot", "latest", str(tmp_path / "none"))
     assert empty.returncode == 1
     assert empty.stderr.strip() == f"ferry: there is no readable snapshot in file://{repo}, so no latest one"
     first_src = tmp_path / "first"
@@ -78,22 +70,22 @@ def test_show_and_restore_by_short_id_and_latest(tmp_path: Path) -> None:
     second_src = tmp_path / "second"
     second_src.mkdir()
     (second_src / "a.txt").write_text("second\n")
-    first = _ferry("snapshot", "create", "--repo", repo, str(first_src)).stdout.strip()
-    second = _ferry("snapshot", "create", "--repo", repo, str(second_src)).stdout.strip()
+    first = ferry("snapshot", "create", "--repo", repo, str(first_src)).stdout.strip()
+    second = ferry("snapshot", "create", "--repo", repo, str(second_src)).stdout.strip()
     assert len({first, second}) == 2
 
-    shown = _ferry("snapshot", "show", "--repo", repo, "--json", first[:8].upper())
+    shown = ferry("snapshot", "show", "--repo", repo, "--json", first[:8].upper())
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["id"] == first
-    restored = _ferry("restore", "--repo", repo, "--snapshot", "latest", str(tmp_path / "out"))
+    restored = ferry("restore", "--repo", repo, "--snapshot", "latest", str(tmp_path / "out"))
     assert restored.returncode == 0, restored.stderr
     assert (tmp_path / "out" / "a.txt").read_text() == "second\n"
     assert restored.stdout.strip() == f"restored {second} to {tmp_path / 'out'}"
 
     absent = next(p * 4 for p in "0123456789abcdef" if not first.startswith(p * 4) and not second.startswith(p * 4))
-    missing = _ferry("snapshot", "show", "--repo", repo, absent)
+    missing = ferry("snapshot", "show", "--repo", repo, absent)
     assert missing.returncode == 1
     assert missing.stderr.strip() == f"ferry: no snapshot ID starts with {absent} in file://{repo}"
-    short = _ferry("snapshot", "show", "--repo", repo, first[:3])
+    short = ferry("snapshot", "show", "--repo", repo, first[:3])
     assert short.returncode == 2
     assert "is not a snapshot ID" in short.stderr
