@@ -50,18 +50,33 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _ephemeral_start() -> int:
+    """The first port the kernel hands to outgoing connections (Linux default 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_ports(count: int) -> list[int]:
-    """Ports p that are free together with p + 10000 (SeaweedFS puts gRPC there)."""
+    """Ports p that are free together with p + 10000 (SeaweedFS puts gRPC there), both below the kernel's
+    ephemeral range: a port in it can be taken by any outgoing connection between this check and the
+    server's bind (seen: "Port allocation failed ... is not available")."""
     rng = random.Random()
     ports: list[int] = []
+    high = max(12000, _ephemeral_start() - GRPC_OFFSET)
     while len(ports) < count:
-        p = rng.randrange(20000, 55000)
+        p = rng.randrange(10000, high)
         taken = {q for port in ports for q in (port, port + GRPC_OFFSET)}
         if {p, p + GRPC_OFFSET} & taken:
             continue
         if _port_free(p) and _port_free(p + GRPC_OFFSET):
             ports.append(p)
     return ports
+
+
+class _PortTaken(RuntimeError):
+    """SeaweedFS found one of its ports taken at start."""
 
 
 @dataclass
@@ -82,6 +97,17 @@ class SeaweedServer:
         return f"https://127.0.0.1:{self.https_port}"
 
     def start(self, timeout_s: float = 30.0) -> SeaweedServer:
+        """Start and wait until the S3 API answers. A port taken between choosing it and binding it (by
+        another program on this machine) makes SeaweedFS exit at once: new ports are tried, three times."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout_s)
+            except _PortTaken:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout_s: float) -> SeaweedServer:
         sock = self.data_dir / "sock"
         logs = self.data_dir / "log"
         for d in (self.data_dir, sock, logs):
@@ -135,6 +161,9 @@ class SeaweedServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                said = (self.data_dir / "weed.out").read_text(errors="replace")
+                if "Port allocation failed" in said:
+                    raise _PortTaken(said.strip().splitlines()[-1])
                 raise RuntimeError(f"SeaweedFS exited at start; see {self.data_dir / 'weed.out'}")
             try:
                 urllib.request.urlopen(self.endpoint, timeout=1)
