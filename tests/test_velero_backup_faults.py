@@ -24,6 +24,7 @@ from tests.support.velero_backup import (
     dataupload,
     sample_app,
     start_backup,
+    start_held_backup,
     stored_tree,
     wait_ended,
 )
@@ -165,12 +166,9 @@ async def test_cancel_while_exposing(cluster: Cluster, tmp_path: Path) -> None:
 async def test_cancel_or_delete_while_in_progress(
     cluster: Cluster, tmp_path: Path, proxy: FaultyProxy, slow_bsl: str, end: str
 ) -> None:
-    proxy.stall_puts = True
     async with world(cluster, tmp_path) as w:
         await sample_app(w.sim)
-        backup = await start_backup(cluster.kube, bsl=slow_bsl)
-        async with asyncio.timeout(30):
-            await proxy.holding.wait()
+        backup = await start_held_backup(cluster.kube, proxy, slow_bsl)
         assert cluster.phase_of("datauploads", backup.dataupload) == "InProgress"
         if end == "cancel":
             cancel(cluster, backup.dataupload)
@@ -192,12 +190,9 @@ async def test_cancel_while_prepared_behind_another_backup(
 ) -> None:
     """One agent, one transfer at a time (backups and restores share the load limit): the second backup
     waits Prepared while the first one's upload is held."""
-    proxy.stall_puts = True
     async with world(cluster, tmp_path, nodes=["node-a"]) as w:
         await sample_app(w.sim)
-        first = await start_backup(cluster.kube, bsl=slow_bsl, backup_name="first")
-        async with asyncio.timeout(30):
-            await proxy.holding.wait()
+        first = await start_held_backup(cluster.kube, proxy, slow_bsl, backup_name="first")
         second = await start_backup(cluster.kube, backup_name="second")
         await cluster.wait_phase_of("datauploads", second.dataupload, "Prepared")
         cancel(cluster, second.dataupload)
@@ -248,6 +243,8 @@ async def test_each_supported_velero_crd(version: str, tmp_path: Path, s3_server
             ]
             await backup_cleaned_up(w.sim, backup)
             assert tree_differences(volume, await stored_tree(cluster, done, tmp_path / "stored")) == []
-            assert isinstance(dataupload(kube, backup), dict)
+            view = progress(dataupload(kube, backup))  # as Velero finds it, by its operation ID
+            assert view["completed"]
+            assert "err" not in view
     finally:
         await kube.stop()

@@ -15,6 +15,7 @@ from tests.support.velero_backup import (
     backup_cleaned_up,
     sample_app,
     start_backup,
+    start_held_backup,
     wait_ended,
 )
 
@@ -34,12 +35,9 @@ async def test_a_restore_waits_for_a_running_backup_on_the_same_node(
     tiny_snapshot: tuple[str, Path],
 ) -> None:
     snapshot_id, _ = tiny_snapshot
-    proxy.stall_puts = True
     async with world(cluster, tmp_path, nodes=["node-a"]) as w:
         await sample_app(w.sim)
-        backup = await start_backup(cluster.kube, bsl=slow_bsl)
-        async with asyncio.timeout(30):
-            await proxy.holding.wait()
+        backup = await start_held_backup(cluster.kube, proxy, slow_bsl)
         restore = start_restore(
             cluster.kube,
             snapshot_id=snapshot_id,
@@ -87,12 +85,9 @@ async def test_delete_while_waiting_for_the_snapshot(cluster: Cluster, tmp_path:
 async def test_delete_while_prepared_behind_another_backup(
     cluster: Cluster, tmp_path: Path, proxy: FaultyProxy, slow_bsl: str
 ) -> None:
-    proxy.stall_puts = True
     async with world(cluster, tmp_path, nodes=["node-a"]) as w:
         await sample_app(w.sim)
-        first = await start_backup(cluster.kube, bsl=slow_bsl, backup_name="first")
-        async with asyncio.timeout(30):
-            await proxy.holding.wait()
+        first = await start_held_backup(cluster.kube, proxy, slow_bsl, backup_name="first")
         second = await start_backup(cluster.kube, backup_name="second")
         await cluster.wait_phase_of("datauploads", second.dataupload, "Prepared")
         cluster.kube.delete("datauploads", second.dataupload, namespace=NS)
@@ -114,12 +109,9 @@ async def test_velero_ends_it_while_in_progress(
     cluster: Cluster, tmp_path: Path, proxy: FaultyProxy, slow_bsl: str, phase: str
 ) -> None:
     """Velero (a server restart) may write a terminal phase itself. No snapshot ID, everything cleaned up."""
-    proxy.stall_puts = True
     async with world(cluster, tmp_path) as w:
         await sample_app(w.sim)
-        backup = await start_backup(cluster.kube, bsl=slow_bsl)
-        async with asyncio.timeout(30):
-            await proxy.holding.wait()
+        backup = await start_held_backup(cluster.kube, proxy, slow_bsl)
         cluster.kube.patch(
             "datauploads",
             backup.dataupload,

@@ -151,7 +151,8 @@ class DataUploadController(MoverController[DataUpload]):
         )
 
     def describe(self, du: DataUpload) -> str:
-        return f"PVC {self.exposure(du).pvc} (VolumeSnapshot {self.exposure(du).source})"
+        where = self.exposure(du)
+        return f"PVC {where.pvc} (VolumeSnapshot {where.source})"
 
     async def expose(self, du: DataUpload) -> Exposed | Waiting | float | None:
         where = self.exposure(du)

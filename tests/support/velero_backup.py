@@ -27,6 +27,7 @@ from agent.settings import RestoreSettings, S3Settings
 from agent.storage.s3 import S3Storage
 from agent.storage.url import velero_repository_prefix
 from tests.support.cluster import Cluster
+from tests.support.faulty_proxy import FaultyProxy
 from tests.support.kube import KubeServer
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY
 from tests.support.sim import SimCluster
@@ -243,6 +244,16 @@ async def start_backup(
         "persistentvolumeclaims", pvc, {"metadata": {"annotations": {"velero.io/data-upload-name": name}}}, namespace
     )
     return Backup(backup_name, backup_uid, operation_id, namespace, pvc, vs_name, name)
+
+
+async def start_held_backup(kube: KubeServer, proxy: FaultyProxy, bsl: str, **backup: object) -> Backup:
+    """``start_backup`` into BSL ``bsl`` (reached through ``proxy``) whose uploads ``proxy`` holds; return once
+    it is InProgress and an upload is being held (``proxy.released`` lets them go)."""
+    proxy.stall_puts = True
+    started = await start_backup(kube, bsl=bsl, **backup)  # type: ignore[arg-type]
+    async with asyncio.timeout(30):
+        await proxy.holding.wait()
+    return started
 
 
 def dataupload(kube: KubeServer, backup: Backup) -> Obj:
