@@ -28,12 +28,15 @@ import uvloop
 
 from agent import logs
 from agent.backup.writer import create_snapshot
-from agent.errors import ConfigError, FerryError, SnapshotNotFound
+from agent.errors import ConfigError, FerryError, SnapshotNotFound, SourceError
 from agent.fs.names import Problem, is_utf8, shown
 from agent.pipeline.restore import restore
 from agent.repo.check import check_repository
+from agent.repo.config import add_key, init_repository, list_keys, open_or_init, open_repository, remove_key, summary
 from agent.repo.format import Entry, Manifest
-from agent.repo.repository import Repository, created_at
+from agent.repo.index import read_index
+from agent.repo.prune import prune, repair_index
+from agent.repo.repository import Repository, check_reference, created_at, summary_of
 from agent.repo.retention import Candidate, Policy, group_of, kept
 from agent.repo.stats import repository_stats
 from agent.settings import (
@@ -43,7 +46,9 @@ from agent.settings import (
     S3Settings,
     SnapshotSettings,
     agent_settings_from_env,
+    parse_duration,
     parse_size,
+    read_password_file,
     repository_settings_from_env,
     s3_settings_from_env,
 )
@@ -106,6 +111,10 @@ def _add_repo_flags(p: argparse.ArgumentParser) -> None:
         help="do not verify TLS (testing only)",
     )
     g.add_argument("--s3-profile", help="profile in the shared credentials file (AWS_PROFILE)")
+    g.add_argument(
+        "--password-file",
+        help="file holding the repository's password (FERRY_PASSWORD_FILE; one trailing newline is ignored)",
+    )
     g.add_argument(
         "--manifest-memory",
         help=f"most memory one snapshot's manifest may take (FERRY_MANIFEST_MEMORY; "
@@ -197,6 +206,38 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--dry-run", action="store_true", help="show what would be forgotten; change nothing")
 
     repo_cmd = sub.add_parser("repo", help="the repository as a whole").add_subparsers(dest="action", required=True)
+    init = repo_cmd.add_parser(
+        "init",
+        help="create a repository (encrypted with the password given), or upgrade a format 1 one",
+        description="Create a Ferry repository: its config and, encrypted (the default), a random master key sealed "
+        "with the password of --password-file / FERRY_PASSWORD_FILE. --no-encryption creates an unencrypted one, and "
+        "upgrades a format 1 repository (no config) in place.",
+    )
+    _add_repo_flags(init)
+    init.add_argument("--no-encryption", action="store_true", help="store data unencrypted (no password)")
+    prn = repo_cmd.add_parser(
+        "prune",
+        help="delete packs no snapshot needs (marked by one run, deleted by a later one after --grace)",
+        description="Mark packs no snapshot refers to, and delete those an earlier run marked at least the grace "
+        "period ago (unless a snapshot written meanwhile uses them). Safe while snapshots are written and restored "
+        "(docs/FORMAT.md, section 10). Packs partly used are kept whole.",
+    )
+    _add_repo_flags(prn)
+    prn.add_argument("--grace", default="1h", help="how old a mark (and a pack) must be to act on (default 1h)")
+    prn.add_argument("--dry-run", action="store_true", help="show what would be done; change nothing")
+    rep = repo_cmd.add_parser("repair-index", help="rebuild the index from the manifests and the packs")
+    _add_repo_flags(rep)
+    key = repo_cmd.add_parser(
+        "key", help="list, add and remove the passwords of an encrypted repository"
+    ).add_subparsers(dest="key_action", required=True)
+    key_list = key.add_parser("list", help="the repository's keys, one per password")
+    _add_repo_flags(key_list)
+    key_add = key.add_parser("add", help="add a password (no data is re-encrypted)")
+    _add_repo_flags(key_add)
+    key_add.add_argument("--new-password-file", required=True, help="file holding the password to add")
+    key_remove = key.add_parser("remove", help="remove a password (not the one given to open the repository)")
+    _add_repo_flags(key_remove)
+    key_remove.add_argument("key_id", help="the key's ID or a unique prefix of it (4 hex digits or more)")
     stats = repo_cmd.add_parser("stats", help="what the snapshots restore, share and take in storage")
     _add_repo_flags(stats)
     chk = repo_cmd.add_parser(
@@ -255,11 +296,24 @@ def repository_settings(args: argparse.Namespace) -> RepositorySettings:
     return repository_settings_from_env(os.environ, manifest_memory_bytes=memory)
 
 
-async def _with_repo(args: argparse.Namespace, body: Callable[[Repository], Awaitable[int]]) -> int:
+def _password(args: argparse.Namespace, settings: RepositorySettings) -> bytes | None:
+    """The password of ``--password-file`` (else FERRY_PASSWORD_FILE), or None if neither is given."""
+    if args.password_file:
+        return read_password_file(args.password_file, "--password-file")
+    if settings.password_file:
+        return read_password_file(settings.password_file, "FERRY_PASSWORD_FILE")
+    return None
+
+
+async def _with_repo(
+    args: argparse.Namespace, body: Callable[[Repository], Awaitable[int]], *, write: bool = False
+) -> int:
+    """Open the repository (``write``: to change it) and run ``body`` with it."""
     settings = repository_settings(args)
+    password = _password(args, settings)
     storage = await open_storage(args.repo, s3_settings(args))
     async with storage:
-        return await body(Repository(storage, settings))
+        return await body(await open_repository(storage, settings, password, write=write))
 
 
 def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
@@ -311,24 +365,22 @@ async def cmd_snapshot_create(args: argparse.Namespace) -> int:
         _emit(args, payload, result.snapshot_id)
         return EXIT_INCOMPLETE if result.skipped else 0
 
-    return await _with_repo(args, body)
+    repo_settings = repository_settings(args)
+    password = _password(args, repo_settings)
+    try:  # before a repository may be created for it
+        os.stat(args.source)
+    except OSError as e:
+        raise SourceError(f"cannot open {args.source!r}: {e.strerror}") from e
+    storage = await open_storage(args.repo, s3_settings(args))
+    async with storage:
+        opened = await open_or_init(storage, repo_settings, password)
+        if opened.created:
+            sys.stderr.write(f"ferry: created a new encrypted repository at {storage.describe()}\n")
+        return await body(opened.repository)
 
 
 def _summary(snapshot_id: str, m: Manifest) -> dict[str, Any]:
-    stored = sum(m.chunks.columns().stored)
-    return {
-        "id": snapshot_id,
-        "format": f"{m.version[0]}.{m.version[1]}",
-        "mode": m.mode,
-        "size": m.size,
-        "created": m.created,
-        "source": m.source,
-        "chunks": len(m.chunks),
-        "storedBytes": stored,
-        "packs": len(m.packs),
-        "entries": len(m.entries),
-        **({"chunkSize": m.chunk_size} if m.mode == "block" else {}),
-    }
+    return {"id": snapshot_id, **summary_of(m)}
 
 
 def _source(source: dict[str, str]) -> str:
@@ -341,10 +393,15 @@ def _source(source: dict[str, str]) -> str:
 
 async def cmd_snapshot_list(args: argparse.Namespace) -> int:
     async def body(repo: Repository) -> int:
-        await repo.storage.check()
         rows: list[dict[str, Any]] = []
         unreadable = 0
+        # Format 2: what each snapshot is comes from the index, without reading its manifest (`repo check`
+        # reads every manifest); snapshots the index does not describe are read.
+        known = (await read_index(repo)).snapshots if repo.config is not None else {}
         for snapshot_id in await repo.snapshot_ids():
+            if snapshot_id in known:
+                rows.append({"id": snapshot_id, **known[snapshot_id]})
+                continue
             try:
                 rows.append(_summary(snapshot_id, await repo.read_manifest(snapshot_id)))
             except FerryError as e:  # one bad manifest does not hide the others
@@ -364,6 +421,8 @@ async def cmd_snapshot_list(args: argparse.Namespace) -> int:
 
 
 async def cmd_snapshot_show(args: argparse.Namespace) -> int:
+    check_reference(args.snapshot_id)  # bad input is said before anything is opened
+
     async def body(repo: Repository) -> int:
         snapshot_id = await repo.resolve(args.snapshot_id)
         info = _summary(snapshot_id, await repo.read_manifest(snapshot_id))
@@ -404,6 +463,7 @@ def _mtime(ns: int) -> str:
 
 
 async def cmd_snapshot_ls(args: argparse.Namespace) -> int:
+    check_reference(args.snapshot_id)
     under = args.path.strip("/")
 
     async def body(repo: Repository) -> int:
@@ -490,6 +550,8 @@ async def cmd_snapshot_forget(args: argparse.Namespace) -> int:
     policy = Policy(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly)
     if bool(args.snapshots) == (not policy.empty):
         raise ConfigError("name the snapshots to forget, or give a policy (--keep-last/-daily/-weekly/-monthly)")
+    for reference in args.snapshots:
+        check_reference(reference)
 
     async def body(repo: Repository) -> int:
         await repo.storage.check()
@@ -533,10 +595,11 @@ async def cmd_snapshot_forget(args: argparse.Namespace) -> int:
         _emit(args, payload, "\n".join(lines))
         return EXIT_INCOMPLETE if unreadable else 0
 
-    return await _with_repo(args, body)
+    return await _with_repo(args, body, write=not args.dry_run)
 
 
 async def cmd_restore(args: argparse.Namespace) -> int:
+    check_reference(args.snapshot)
     settings = RestoreSettings(
         reads_in_flight=args.reads,
         max_range_bytes=parse_size(args.range_size, "--range-size"),
@@ -597,6 +660,90 @@ async def cmd_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_repo_init(args: argparse.Namespace) -> int:
+    settings = repository_settings(args)
+    password = _password(args, settings)
+    if args.no_encryption and password is not None:
+        raise ConfigError(
+            "--no-encryption and a password (--password-file / FERRY_PASSWORD_FILE) contradict each other"
+        )
+    if not args.no_encryption and password is None:
+        raise ConfigError(
+            "a repository is encrypted with a password: give --password-file (or FERRY_PASSWORD_FILE), or "
+            "--no-encryption for an unencrypted one"
+        )
+    storage = await open_storage(args.repo, s3_settings(args))
+    async with storage:
+        made = await init_repository(storage, settings, password)
+    info = summary(made.repository)
+    if not made.created:
+        raise ConfigError(f"another writer created a repository at {info['location']} at the same time")
+    if made.upgraded:
+        done = "upgraded the format 1 repository (its snapshots stay unencrypted)"
+    else:
+        done = "created an unencrypted repository" if args.no_encryption else "created an encrypted repository"
+    _emit(args, {**info, "upgraded": made.upgraded}, f"{done} at {info['location']} (ID {info['id'][:16]})")
+    return 0
+
+
+async def cmd_repo_prune(args: argparse.Namespace) -> int:
+    grace = parse_duration(args.grace, "--grace")
+
+    async def body(repo: Repository) -> int:
+        r = await prune(repo, grace_s=grace, dry_run=args.dry_run)
+        would = "would " if r.dry_run else ""
+        lines = [
+            f"{r.snapshots} snapshots, {r.packs} packs, {human_bytes(r.stored_bytes)} stored",
+            f"{would}delete {r.deleted_packs} packs ({human_bytes(r.deleted_bytes)}) marked earlier; "
+            f"{r.kept_packs} marked packs are used again and kept",
+            f"{would}mark {r.marked_packs} unused packs ({human_bytes(r.marked_bytes)}): a prune at least "
+            f"{args.grace} later deletes them; {r.pending_packs} packs of earlier marks wait their turn",
+            f"{human_bytes(r.stored_bytes_after)} stored after this run; {r.writers} snapshots being written",
+        ]
+        for note in r.notes:
+            sys.stderr.write(f"ferry: {note}\n")
+        payload = {**asdict(r), "stored_bytes_after": r.stored_bytes_after}
+        _emit(args, payload, "\n".join(lines))
+        return 0
+
+    return await _with_repo(args, body, write=not args.dry_run)
+
+
+async def cmd_repo_repair_index(args: argparse.Namespace) -> int:
+    async def body(repo: Repository) -> int:
+        r = await repair_index(repo)
+        for problem in r.unreadable:
+            sys.stderr.write(f"ferry: snapshot {problem}\n")
+        text = (
+            f"rebuilt the index: {r.chunks} chunks in {r.packs} packs, {r.snapshots} snapshots "
+            f"(replacing {r.index_objects} index objects)"
+        )
+        _emit(args, asdict(r), text)
+        return EXIT_INCOMPLETE if r.unreadable else 0
+
+    return await _with_repo(args, body, write=True)
+
+
+async def cmd_repo_key(args: argparse.Namespace) -> int:
+    async def body(repo: Repository) -> int:
+        if args.key_action == "add":
+            new = read_password_file(args.new_password_file, "--new-password-file")
+            key_id = await add_key(repo, new)
+            _emit(args, {"id": key_id}, f"added key {key_id[:8]}")
+        elif args.key_action == "remove":
+            key_id = await remove_key(repo, args.key_id)
+            _emit(args, {"id": key_id}, f"removed key {key_id[:8]}")
+        else:
+            keys = await list_keys(repo)
+            lines = [f" {'ID':8}  {'CREATED':27}  HOST"] + [
+                f"{'*' if k.current else ' '}{k.id[:8]}  {shown(k.created):27}  {shown(k.host)}" for k in keys
+            ]
+            _emit(args, [asdict(k) for k in keys], "\n".join(lines))
+        return 0
+
+    return await _with_repo(args, body, write=args.key_action != "list")
+
+
 COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     ("agent", None): cmd_agent,
     ("snapshot", "create"): cmd_snapshot_create,
@@ -606,6 +753,10 @@ COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], Coroutine[
     ("snapshot", "ls"): cmd_snapshot_ls,
     ("repo", "stats"): cmd_repo_stats,
     ("repo", "check"): cmd_repo_check,
+    ("repo", "init"): cmd_repo_init,
+    ("repo", "key"): cmd_repo_key,
+    ("repo", "prune"): cmd_repo_prune,
+    ("repo", "repair-index"): cmd_repo_repair_index,
     ("restore", None): cmd_restore,
 }
 

@@ -13,9 +13,9 @@ from agent.errors import FerryError
 from agent.metrics import Metrics
 from agent.pipeline.restore import restore
 from agent.pipeline.transfer import TransferStats
-from agent.repo.repository import Repository
+from agent.repo.config import open_or_init, open_repository
 from agent.settings import RepositorySettings
-from agent.storage.base import Storage
+from agent.storage.base import ObjectInfo, Storage
 from agent.storage.s3 import S3Storage
 from agent.storage.url import velero_repository_prefix
 
@@ -51,6 +51,15 @@ class MeteredStorage(Storage):
 
     async def put(self, key: str, data: bytes) -> None:
         await self._inner.put(key, data)
+
+    async def put_new(self, key: str, data: bytes) -> bool:
+        return await self._inner.put_new(key, data)
+
+    async def info(self, prefix: str) -> dict[str, ObjectInfo]:
+        return await self._inner.info(prefix)
+
+    async def is_empty(self) -> bool:
+        return await self._inner.is_empty()
 
     async def delete(self, key: str) -> None:
         await self._inner.delete(key)
@@ -95,7 +104,7 @@ class DataPathRestorer:
         self._stats[id(stats)] = stats
         try:
             async with MeteredStorage(s3, self._metrics) as storage:
-                repo = Repository(storage, self._repository)
+                repo = await open_repository(storage, self._repository, loc.repository_password)
                 result = await restore(repo, job.snapshot_id, job.target, job.settings, on_progress, stats)
             for problem in result.problems:  # the data is complete; this metadata could not be applied
                 log.warning("not restored: %s", problem, extra={"snapshot": job.snapshot_id})
@@ -120,8 +129,10 @@ class DataPathUploader:
         s3 = await S3Storage.open(loc.s3, loc.bucket, prefix)
         s3.on_retry = self._on_retry
         async with s3 as storage:
-            repo = Repository(storage, self._repository)
-            result = await create_snapshot(repo, job.source, job.settings, progress, job.labels)
+            opened = await open_or_init(storage, self._repository, loc.repository_password)
+            if opened.created:
+                log.info("created an encrypted repository at %s", storage.describe(), extra={"dataupload": job.key})
+            result = await create_snapshot(opened.repository, job.source, job.settings, progress, job.labels)
         for problem in result.skipped:  # the snapshot is stored without these
             log.warning("not backed up: %s", problem, extra={"dataupload": job.key})
         skipped = tuple(str(p) for p in result.skipped)

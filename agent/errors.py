@@ -2,15 +2,18 @@
 
     FerryError                        anything Ferry raises on purpose; str() is for operators
     ├── ConfigError                   a setting, flag or repository URL is invalid
+    │   └── WrongPassword             the password opens none of the repository's keys
     ├── StorageError                  object storage could not do what was asked
     │   ├── TransientStorageError     worth retrying: timeouts, resets, 5xx, throttling (transient=True)
     │   ├── ObjectNotFound            the key does not exist
     │   ├── BucketNotFound            the bucket does not exist
+    │   ├── LocationMissing           a local repository directory does not exist
     │   ├── AccessDenied              credentials missing, wrong, or not allowed
     │   ├── ObjectTruncated           the object is shorter than a read needs (the store says so)
     │   ├── ObjectTooLarge            an object is larger than the reader takes into memory
     │   └── CorruptedInTransit        every fetch of an object came back different: the path corrupts data
     ├── RepositoryError               the repository's content is not what the format promises
+    │   ├── NoRepository              no Ferry repository at that location (nothing, or something else)
     │   ├── SnapshotNotFound          no manifest under that snapshot ID
     │   ├── ManifestInvalid           truncated, tampered, or not a manifest at all
     │   ├── ManifestTooLarge          it describes more than the manifest memory limit allows
@@ -47,6 +50,10 @@ class ConfigError(FerryError):
     """A setting, command-line flag or repository URL is invalid."""
 
 
+class WrongPassword(ConfigError):
+    """The password given opens none of the repository's keys."""
+
+
 class StorageError(FerryError):
     """Object storage failed."""
 
@@ -67,6 +74,10 @@ class ObjectNotFound(StorageError):
 
 class BucketNotFound(StorageError):
     """The bucket does not exist."""
+
+
+class LocationMissing(StorageError):
+    """A local repository's directory does not exist."""
 
 
 class AccessDenied(StorageError):
@@ -96,6 +107,10 @@ class CorruptedInTransit(StorageError):
 
 class RepositoryError(FerryError):
     """The repository's content contradicts the format."""
+
+
+class NoRepository(RepositoryError):
+    """There is no Ferry repository at the location: nothing, something else, or another tool's repository."""
 
 
 class SnapshotNotFound(RepositoryError):

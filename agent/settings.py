@@ -34,6 +34,27 @@ def parse_size(text: str, what: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[unit]
 
 
+MAX_PASSWORD_BYTES = 4096
+
+
+def read_password_file(path: str, what: str) -> bytes:
+    """A repository password from a file: its bytes without one trailing newline (``\\n`` or ``\\r\\n``,
+    as restic's --password-file). Raises ConfigError if it cannot be read, is empty, or is larger than
+    4 KiB (not a password file)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PASSWORD_BYTES + 2)
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot read the password file {path!r}: {e.strerror}") from None
+    if data.endswith(b"\n"):
+        data = data[:-2] if data.endswith(b"\r\n") else data[:-1]
+    if not data:
+        raise ConfigError(f"{what}: the password file {path!r} is empty")
+    if len(data) > MAX_PASSWORD_BYTES:
+        raise ConfigError(f"{what}: {path!r} holds more than {MAX_PASSWORD_BYTES} bytes: it is not a password file")
+    return data
+
+
 def parse_bool(text: str, what: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -194,6 +215,9 @@ class RepositorySettings:
     manifest_fetch_attempts: int = 5
     """Fetches of a manifest whose bytes do not match its ID before it is called damaged (the same
     wrong bytes twice) or corrupted in transit (different bytes every time)."""
+    password_file: str = ""
+    """The command line's repository password file (``--password-file``, ``FERRY_PASSWORD_FILE``); the
+    agent takes its password from Velero's Secret instead."""
 
     def __post_init__(self) -> None:
         if self.manifest_memory_bytes < 1 * MiB:
@@ -203,11 +227,14 @@ class RepositorySettings:
 
 
 def repository_settings_from_env(env: Mapping[str, str], **overrides: object) -> RepositorySettings:
-    """Repository settings from ``FERRY_MANIFEST_MEMORY`` (a size, e.g. ``256MiB``), then overrides."""
+    """Repository settings from ``FERRY_MANIFEST_MEMORY`` (a size, e.g. ``256MiB``) and
+    ``FERRY_PASSWORD_FILE``, then overrides."""
     values: dict[str, object] = {}
     text = env.get("FERRY_MANIFEST_MEMORY", "").strip()
     if text:
         values["manifest_memory_bytes"] = parse_size(text, "FERRY_MANIFEST_MEMORY")
+    if env.get("FERRY_PASSWORD_FILE", ""):
+        values["password_file"] = env["FERRY_PASSWORD_FILE"]
     values.update({k: v for k, v in overrides.items() if v is not None})
     return RepositorySettings(**values)  # type: ignore[arg-type]
 

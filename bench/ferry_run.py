@@ -28,9 +28,10 @@ from typing import Any
 from agent.errors import ObjectNotFound, ObjectTruncated
 from agent.pipeline.plan import plan_block, plan_tree
 from agent.pipeline.restore import restore
+from agent.repo.config import open_repository
 from agent.repo.repository import Repository, pack_key
-from agent.settings import MiB, RestoreSettings, S3Settings
-from agent.storage.base import Storage
+from agent.settings import MiB, RestoreSettings, S3Settings, read_password_file
+from agent.storage.base import ObjectInfo, Storage
 from agent.storage.s3 import S3Storage
 
 
@@ -57,6 +58,12 @@ class MemoryStorage(Storage):
         return data[:length] if len(data) > length else data
 
     async def put(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def put_new(self, key: str, data: bytes) -> bool:
+        raise NotImplementedError
+
+    async def info(self, prefix: str) -> dict[str, ObjectInfo]:
         raise NotImplementedError
 
     async def delete(self, key: str) -> None:
@@ -97,8 +104,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
         secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
     )
+    password_file = os.environ.get("FERRY_PASSWORD_FILE", "")
+    password = read_password_file(password_file, "FERRY_PASSWORD_FILE") if password_file else None
     async with await S3Storage.open(s3, args.bucket, args.prefix) as storage:
-        repo = Repository(storage)
+        repo = await open_repository(storage, None, password)
         if args.mode == "restore":
             t0, c0 = time.perf_counter(), _cpu()
             result = await restore(repo, args.snapshot, args.target, settings)
@@ -133,7 +142,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 tg.create_task(load())
         manifest_key = f"snapshots/{args.snapshot}"
         manifests = {manifest_key: await storage.get(manifest_key)}
-    memory_repo = Repository(MemoryStorage(loaded, manifests))
+    memory_repo = Repository(MemoryStorage(loaded, manifests), config=repo.config, master=repo.master)
     t0, c0 = time.perf_counter(), _cpu()
     result = await restore(memory_repo, args.snapshot, args.target, settings)
     return {"seconds": time.perf_counter() - t0, "cpu_s": _cpu() - c0, "output_bytes": result.total_bytes}

@@ -21,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tests.support.cli import password_file
 from tests.support.data import describe_tree
 from tests.support.fidelity import allocated, make_deep, make_metadata_tree, make_sparse
 
@@ -28,7 +29,8 @@ MiB = 1024 * 1024
 
 
 def ferry(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, check=False)
+    env = {**os.environ, "FERRY_PASSWORD_FILE": password_file()}
+    out = subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         raise SystemExit(f"ferry {' '.join(args)} failed ({out.returncode}): {out.stderr}")
     return out.stdout.strip()

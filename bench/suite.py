@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,12 +74,31 @@ class FerryRepo:
     created: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The JSON ``ferry snapshot create`` printed, by name: the result's fields (``new_stored_bytes``,
     ``seconds``: the library call alone, what the agent's DataUpload path runs)."""
+    encrypted: bool = True
+    """An encrypted repository (what users get by default, and what restic always is), else one made with
+    ``repo init --no-encryption``."""
+    prefix: str = "ferry"
+
+    def __post_init__(self) -> None:
+        self.env = dict(self.env)
+        if self.encrypted:
+            password = self.work / "ferry-password"
+            password.write_text("bench password\n")
+            self.env["FERRY_PASSWORD_FILE"] = str(password)
+        else:
+            self.env["FERRY_PASSWORD_FILE"] = ""
+            argv = [PYTHON, "-m", "agent", "repo", "init", "--no-encryption", *self._where()]
+            subprocess.run(argv, env=self.env, cwd=ROOT, check=True, capture_output=True)
+
+    def _where(self) -> list[str]:
+        return ["--repo", f"s3://{self.bucket}/{self.prefix}", "--s3-endpoint", self.endpoint, "--s3-path-style"]
 
     def snapshot(self, w: Workload, name: str | None = None) -> Measured:
         log = self.work / f"ferry-snapshot-{name or w.name}.log"
         argv = [
             *(PYTHON, "-m", "agent", "--log-level", "warning", "snapshot", "create"),
-            *("--repo", f"s3://{self.bucket}/ferry", "--s3-endpoint", self.endpoint, "--s3-path-style", "--json"),
+            *self._where(),
+            "--json",
             str(w.source),
         ]
         m = run_measured(argv, w.size, env=self.env, cwd=ROOT, log=log)
@@ -94,6 +114,7 @@ class FerryRepo:
         log = self.work / f"ferry-{mode}.log"
         argv = [
             *(PYTHON, "-m", "bench.ferry_run", mode, "--endpoint", self.endpoint, "--bucket", self.bucket),
+            *("--prefix", self.prefix),
             *("--snapshot", self.snapshots[name or w.name], "--target", str(target), *flags),
         ]
         m = run_measured(argv, w.size, env=self.env, cwd=ROOT, log=log)

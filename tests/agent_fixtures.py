@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from agent.backup.writer import create_snapshot
-from agent.repo.repository import Repository
+from agent.repo.config import open_or_init
 from agent.settings import MiB, SnapshotSettings
 from agent.storage.s3 import S3Storage
 from agent.storage.url import velero_repository_prefix
-from tests.support.cluster import Cluster
+from tests.support.cluster import REPOSITORY_PASSWORD, Cluster
 from tests.support.data import make_sample_tree, write_mixed_image
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.kube import KubeServer, RbacUsage
@@ -38,6 +38,7 @@ async def make_cluster(kube: KubeServer, tmp_path: Path, s3_server: SeaweedServe
     cluster = Cluster(kube, root, agent_kubeconfig(kube, tmp_path / "kubeconfig"))
     cluster.bucket = await make_bucket(s3_server)
     cluster.endpoint = s3_server.endpoint
+    cluster.add_repository_secret()
     return cluster
 
 
@@ -56,7 +57,8 @@ async def snapshot(
     """Snapshot ``source`` into the repository Ferry uses for ``namespace`` under a BSL with ``prefix``."""
     storage = await S3Storage.open(s3_settings_for(server), bucket, velero_repository_prefix(prefix, namespace))
     try:
-        result = await create_snapshot(Repository(storage), str(source), SnapshotSettings())
+        repo = (await open_or_init(storage, None, REPOSITORY_PASSWORD)).repository
+        result = await create_snapshot(repo, str(source), SnapshotSettings())
     finally:
         await storage.aclose()
     return result.snapshot_id

@@ -14,6 +14,7 @@ import pytest
 from agent.repo.repository import Repository
 from agent.storage.local import LocalStorage
 from agent.storage.s3 import S3Storage
+from tests.support.cli import password_file
 from tests.support.kube import KubeServer, velero_crds
 from tests.support.kube.rbac import denials, excess_grants
 from tests.support.kube.snapshot_crds import snapshot_crds
@@ -41,6 +42,13 @@ def _hermetic_aws(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(nowhere / "credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture(autouse=True)
+def _repository_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``ferry`` a test runs has a repository password (FERRY_PASSWORD_FILE), as a user's would: the
+    repositories the command line makes are encrypted. Tests of no password unset it."""
+    monkeypatch.setenv("FERRY_PASSWORD_FILE", password_file())
 
 
 @pytest.fixture(autouse=True)

@@ -85,6 +85,13 @@ def main() -> int:
             )
             print(f"endpoint {server.endpoint}, repository {repo} (credentials only in AWS_* variables)")
 
+        step("creating an encrypted repository (the password in a file: FERRY_PASSWORD_FILE)")
+        password = work / "password"
+        password.write_text("demo password, use your own\n")
+        env["FERRY_PASSWORD_FILE"] = str(password)
+        made = ferry(env, "repo", "init", "--repo", repo)
+        print(f"  repository {str(made['id'])[:16]}: {made['encryption']}, format {made['format']}")
+
         step("snapshotting both")
         block = ferry(env, "snapshot", "create", "--repo", repo, str(image))
         print(f"  block snapshot {block['snapshot_id']}  {rate(block['size'], block['seconds'])}")

@@ -57,6 +57,7 @@ async def run_agent_demo(endpoint: str, bucket: str, tree: Path, work: Path) -> 
         kube.create("namespaces", {"metadata": {"name": NS}})
         cluster = Cluster(kube, work / "kubelet", agent_kubeconfig(kube, work / "kubeconfig"), bucket, endpoint)
         cluster.add_credentials_secret()
+        cluster.add_repository_secret()
         cluster.add_bsl(prefix="velero", credential={"name": "ferry-credentials", "key": "cloud"})
         async with SimCluster(kube, work / "cluster", [NODE]) as sim:
             sim.add_storage_class("standard", binding="WaitForFirstConsumer")

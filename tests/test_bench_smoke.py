@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from bench import backup, report, suite
+from bench import backup, lifecycle, report, suite
 from bench.workloads import Sizes
 
 
@@ -88,3 +88,16 @@ def test_the_backup_benchmark_measures_ferry_and_restic_first_and_incremental(tm
     assert "### Snapshot creation" in rendered
     assert "| block image, 0.02 GB | incremental | restic |" in rendered
     assert "| block image, 0.02 GB | first | Ferry DataUpload (agent, warm) |" in rendered
+
+
+def test_the_lifecycle_benchmark_measures_encryption_and_prune(tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = lifecycle.run(tmp_path / "work", 16 * 1024 * 1024, runs=1, days=3, keep=1, log=lines.append)
+    enc = result["encryption"]
+    for name in ("encrypted", "unencrypted"):
+        assert enc[name]["process"]["GBps"] > 0, name
+        assert enc[name]["inner"]["cpu_s_per_GB"] > 0, name
+    assert math.isfinite(enc["cost"]["extra_cpu_s_per_GB"])
+    prune = result["prune"]
+    assert 0 < prune["stored_bytes_after"] < prune["stored_bytes_before"]
+    assert prune["deleted_packs"] == prune["marked_packs"] > 0

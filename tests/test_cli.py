@@ -72,7 +72,9 @@ def test_errors_are_one_line_with_a_status(tmp_path: Path) -> None:
     repo = str(tmp_path / "repo")
     missing = ferry("restore", "--repo", repo, "--snapshot", "a" * 64, str(tmp_path / "x"))
     assert missing.returncode == 1
-    assert missing.stderr.strip() == f"ferry: snapshot {'a' * 64} does not exist in file://{repo}"
+    assert missing.stderr.strip() == f"ferry: no Ferry repository at file://{repo}: the directory does not exist; " + (
+        "`ferry repo init` creates one"
+    )
     bad = ferry("restore", "--repo", repo, "--snapshot", "nope", str(tmp_path / "x"))
     assert bad.returncode == 2
     assert "not a snapshot ID" in bad.stderr
@@ -81,6 +83,7 @@ def test_errors_are_one_line_with_a_status(tmp_path: Path) -> None:
     unreadable = ferry("snapshot", "create", "--repo", repo, str(tmp_path / "missing"))
     assert unreadable.returncode == 1
     assert "cannot open" in unreadable.stderr
+    assert not (tmp_path / "repo").exists(), "a repository was created for a snapshot that could not be taken"
     assert "Traceback" not in missing.stderr + bad.stderr + unreadable.stderr
 
 

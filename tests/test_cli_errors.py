@@ -63,11 +63,18 @@ def s3_env(server: SeaweedServer, **extra: str) -> dict[str, str]:
     }
 
 
+@pytest.fixture(autouse=True)
+def _unencrypted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests write manifests by hand: their repositories are unencrypted (no password given)."""
+    monkeypatch.setenv("FERRY_PASSWORD_FILE", "")
+
+
 @pytest.fixture
 def local_snapshot(tmp_path: Path) -> tuple[Path, str]:
-    """A local repository holding one block snapshot of two packs."""
+    """A local (unencrypted) repository holding one block snapshot of two packs."""
     (tmp_path / "disk.img").write_bytes(os.urandom(3 * MiB))
     repo = tmp_path / "repo"
+    assert ferry("repo", "init", "--no-encryption", "--repo", str(repo)).returncode == 0
     made = ferry(
         "snapshot",
         "create",
@@ -169,8 +176,9 @@ def _many_files(w: World) -> list[str]:
     tree.mkdir()
     for n in range(3000):
         (tree / f"f{n}").write_bytes(b"")
-    assert ferry("snapshot", "create", "--repo", w.repo, str(tree)).returncode == 0
-    return ["snapshot", "list", "--repo", w.repo, "--manifest-memory", "1MiB"]
+    made = ferry("snapshot", "create", "--repo", w.repo, str(tree))
+    assert made.returncode == 0, made.stderr
+    return ["snapshot", "show", "--repo", w.repo, made.stdout.strip(), "--manifest-memory", "1MiB"]
 
 
 def _escaping(w: World) -> list[str]:
@@ -201,7 +209,7 @@ def _fifo_source(w: World) -> list[str]:
 
 
 def _future_format(w: World) -> list[str]:
-    stored = MAGIC + b"2.0\n" + b"later"
+    stored = MAGIC + b"3.0\n" + b"later"
     (Path(w.repo) / "snapshots" / snapshot_id_of(stored)).write_bytes(stored)
     return ["snapshot", "show", "--repo", w.repo, snapshot_id_of(stored)]
 
@@ -254,7 +262,7 @@ CASES: list[Case] = [
         2,
         "--manifest-memory",
     ),
-    ("ManifestTooLarge", _many_files, None, 3, "more than the 1 MiB a manifest may take here"),
+    ("ManifestTooLarge", _many_files, None, 1, "more than the 1 MiB a manifest may take here"),
     ("UnsupportedFormat", _future_format, None, 1, "upgrade Ferry"),
     (
         "SourceError: missing",
@@ -277,7 +285,7 @@ CASES: list[Case] = [
         lambda w: ["snapshot", "list", "--repo", str(w.tmp / "nowhere")],
         None,
         1,
-        "there is no repository at",
+        "no Ferry repository at",
     ),
     (
         "StorageError: a file, not a repository",
@@ -353,7 +361,7 @@ def test_damaged_repositories_are_one_line_and_the_listing_shows_the_rest(
     future = repo / "snapshots" / ("f" * 64)
     manifests = sorted((repo / "snapshots").iterdir())
     # A manifest of a future format, one cut short, and one that is a directory.
-    stored = MAGIC + b"2.0\n" + b"later"
+    stored = MAGIC + b"3.0\n" + b"later"
     (repo / "snapshots" / snapshot_id_of(stored)).write_bytes(stored)
     future.write_bytes(manifests[0].read_bytes()[:-5])
     (repo / "snapshots" / ("e" * 64)).mkdir()
@@ -394,6 +402,7 @@ def test_a_volume_larger_than_the_target_filesystem_allows_leaves_nothing(tmp_pa
     with image.open("wb") as f:
         f.truncate(64 * MiB)  # all holes: snapshotted in a moment
     repo = str(tmp_path / "repo")
+    assert ferry("repo", "init", "--no-encryption", "--repo", repo).returncode == 0
     snap = ferry("snapshot", "create", "--repo", repo, str(image)).stdout.strip()
 
     def small_files() -> None:  # the filesystem's largest file, as RLIMIT_FSIZE imposes it on this process
@@ -432,6 +441,7 @@ async def test_ctrl_c_stops_within_a_second(
     (tmp_path / "disk.img").write_bytes(os.urandom(2 * MiB))
     env = {**os.environ, **s3_env(s3_server)}
     repo = f"s3://{bucket}/ctrl-c"
+    assert ferry("repo", "init", "--no-encryption", "--repo", repo, env=s3_env(s3_server)).returncode == 0
     made = ferry("snapshot", "create", "--repo", repo, str(tmp_path / "disk.img"), env=s3_env(s3_server))
     proxy.stall_ranged = True  # every pack read hangs: the restore is busy when Ctrl-C comes
     child = await asyncio.create_subprocess_exec(
@@ -448,6 +458,7 @@ async def test_ctrl_c_stops_within_a_second(
 def test_ctrl_c_while_ferry_starts_is_one_line(tmp_path: Path, delay: float) -> None:
     """Ctrl-C before the event loop runs (Python importing aiohttp and botocore, parsing flags) ends as any
     other Ctrl-C does: the moments are samples, each must end the same way."""
+    assert ferry("repo", "init", "--no-encryption", "--repo", str(tmp_path)).returncode == 0
     child = subprocess.Popen(
         [sys.executable, "-m", "agent", "snapshot", "list", "--repo", str(tmp_path)],
         stderr=subprocess.PIPE,

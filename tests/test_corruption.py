@@ -13,7 +13,7 @@ from agent.pipeline.restore import restore
 from agent.repo.format import MAGIC
 from agent.repo.repository import Repository, pack_key, snapshot_key
 from agent.settings import KiB, MiB, RestoreSettings, SnapshotSettings
-from agent.storage.base import Storage
+from agent.storage.base import ObjectInfo, Storage
 
 SNAP = SnapshotSettings(block_chunk_bytes=256 * KiB, pack_bytes=1 * MiB, threads=2)
 SETTINGS = RestoreSettings(reads_in_flight=2, max_range_bytes=512 * KiB, memory_bytes=2 * MiB, fetch_attempts=3)
@@ -75,6 +75,12 @@ class FlakyStorage(Storage):
 
     async def put(self, key: str, data: bytes) -> None:
         await self.inner.put(key, data)
+
+    async def put_new(self, key: str, data: bytes) -> bool:
+        return await self.inner.put_new(key, data)
+
+    async def info(self, prefix: str) -> dict[str, ObjectInfo]:
+        return await self.inner.info(prefix)
 
     async def delete(self, key: str) -> None:
         await self.inner.delete(key)
@@ -142,7 +148,7 @@ async def test_unknown_and_malformed_snapshot_ids(repo: Repository, tmp_path: Pa
 
 
 async def test_a_future_format_is_refused(repo: Repository, tmp_path: Path) -> None:
-    stored = MAGIC + b"2.0\n" + b"a body this version cannot read"
+    stored = MAGIC + b"3.0\n" + b"a body this version cannot read"
     sid = await repo.write_manifest(stored)
     with pytest.raises(UnsupportedFormat, match="upgrade Ferry"):
         await restore(repo, sid, str(tmp_path / "out.img"), SETTINGS)

@@ -207,8 +207,8 @@ def test_damaged_manifest_is_refused(damage: str) -> None:
 
 
 def test_unknown_major_version_is_refused_with_upgrade_advice() -> None:
-    stored = restamp(encode_manifest(block_manifest()), version=b"2.0")
-    with pytest.raises(UnsupportedFormat, match=r"format 2\.0.*upgrade Ferry"):
+    stored = restamp(encode_manifest(block_manifest()), version=b"3.0")
+    with pytest.raises(UnsupportedFormat, match=r"format 3\.0.*upgrade Ferry"):
         decode_manifest(stored, snapshot_id_of(stored))
 
 

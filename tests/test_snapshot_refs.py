@@ -61,6 +61,7 @@ def test_created_orders_old_and_new_formats_and_puts_nonsense_first() -> None:
 
 def test_show_and_restore_by_short_id_and_latest(tmp_path: Path) -> None:
     repo = str(tmp_path / "repo")
+    assert ferry("repo", "init", "--repo", repo).returncode == 0
     empty = ferry("restore", "--repo", repo, "--snapshot", "latest", str(tmp_path / "none"))
     assert empty.returncode == 1
     assert empty.stderr.strip() == f"ferry: there is no readable snapshot in file://{repo}, so no latest one"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import REPOSITORY_PASSWORD, Cluster
 from tests.support.data import make_sample_tree, mixed_bytes, tree_differences
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY
 from tests.support.velero import handed_over, progress, start_workload, wait_done, world
@@ -84,9 +84,13 @@ async def test_filesystem_backup_as_velero_runs_it(cluster: Cluster, tmp_path: P
             "Completed",
         ]
         await backup_cleaned_up(w.sim, backup)
-    # The repository is the one `ferry` itself reads; the snapshot says which backup and PVC it holds.
+    # The repository is the one `ferry` itself reads, with the password in Velero's Secret; the snapshot says
+    # which backup and PVC it holds.
+    password = tmp_path / "repository-password"
+    password.write_bytes(REPOSITORY_PASSWORD)
     env = {
         **os.environ,
+        "FERRY_PASSWORD_FILE": str(password),
         "AWS_ENDPOINT_URL_S3": cluster.endpoint,
         "AWS_ACCESS_KEY_ID": ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,

@@ -65,9 +65,9 @@ from agent.aio.taskgroups import task_group
 from agent.aio.threads import WorkerPool
 from agent.backup.scan import ScannedEntry, ScannedTree, clean_xattrs, open_root, reason, scan_tree
 from agent.backup.sources import FileReader, OpenedFile, Piece, open_block_source, open_file, with_xattrs
-from agent.errors import FerryError, SourceError
+from agent.errors import FerryError, RepositoryError, SourceError
 from agent.fs.names import Problem
-from agent.repo.chunks import chunk_id, encode_chunk, is_zero
+from agent.repo.chunks import ChunkCodec, is_zero
 from agent.repo.format import (
     ChunkRecord,
     ChunkTable,
@@ -75,9 +75,11 @@ from agent.repo.format import (
     Manifest,
     Meta,
     VolumeMode,
-    encode_manifest,
+    snapshot_id_of,
 )
-from agent.repo.repository import Repository
+from agent.repo.index import Index, pack_trailer, read_index, read_trailer, write_index
+from agent.repo.prune import marked_packs, writer_lock
+from agent.repo.repository import Repository, summary_of
 from agent.settings import SnapshotSettings
 
 log = logging.getLogger(__name__)
@@ -120,22 +122,25 @@ class _Piece:
 
 
 class _PackRef:
-    """A pack's name, known once it is sealed (names are the BLAKE3 of the pack)."""
+    """A pack's name, known once it is sealed (names are the BLAKE3 of the pack); ``new``: stored by this
+    snapshot."""
 
-    __slots__ = ("name",)
+    __slots__ = ("name", "new")
 
-    def __init__(self, name: str = "") -> None:
+    def __init__(self, name: str = "", new: bool = True) -> None:
         self.name = name
+        self.new = new
 
 
 class _Table:
     """The chunk table being built, and the repository's existing chunks to deduplicate against."""
 
-    def __init__(self, known: dict[bytes, ChunkRecord], known_packs: list[str]) -> None:
+    def __init__(self, known: dict[bytes, ChunkRecord], known_packs: list[str], codec: ChunkCodec) -> None:
+        self.codec = codec
         self.index: dict[bytes, int] = {}
         self.records: list[tuple[bytes, _PackRef, int, int, int]] = []
         self._known = known
-        self._known_refs = [_PackRef(name) for name in known_packs]
+        self._known_refs = [_PackRef(name, new=False) for name in known_packs]
         self.reused = 0
         self.new = 0
         self.new_stored = 0
@@ -163,7 +168,7 @@ class _Table:
             return self.add(piece.id, self._known_refs[old.pack], old.offset, old.stored, old.plain)
         if piece.frame is None:  # pragma: no cover - a worker only skips chunks the table has
             raise FerryError(f"chunk {piece.id.hex()} was skipped but is not stored")
-        ref, offset = await packer.add(piece.frame)
+        ref, offset = await packer.add(piece.frame, piece.id, piece.length)
         self.new += 1
         self.new_stored += len(piece.frame)
         return self.add(piece.id, ref, offset, len(piece.frame), piece.length)
@@ -175,6 +180,15 @@ class _Table:
             pack = packs.setdefault(ref.name, len(packs))
             records.append(ChunkRecord(cid, pack, offset, stored, plain))
         return tuple(packs), ChunkTable.from_records(records)
+
+    def stored(self) -> tuple[list[str], list[ChunkRecord]]:
+        """The chunks this snapshot stored (not those it reused), for its index object."""
+        packs: dict[str, int] = {}
+        records = []
+        for cid, ref, offset, stored, plain in self.records:
+            if ref.new:
+                records.append(ChunkRecord(cid, packs.setdefault(ref.name, len(packs)), offset, stored, plain))
+        return list(packs), records
 
 
 class _Packer:
@@ -188,11 +202,15 @@ class _Packer:
         self._pool = pool
         self._buf = bytearray()
         self._ref = _PackRef()
+        self._records: list[tuple[bytes, int, int, int]] = []
+        self._trailers = repo.config is not None
+        """Format 2: each pack ends with the list of its chunks (``agent.repo.index``)."""
         self.packs = 0
 
-    async def add(self, frame: bytes) -> tuple[_PackRef, int]:
+    async def add(self, frame: bytes, cid: bytes, plain: int) -> tuple[_PackRef, int]:
         ref, offset = self._ref, len(self._buf)
         self._buf += frame
+        self._records.append((cid, offset, len(frame), plain))
         if len(self._buf) >= self._limit:
             await self.seal()
         return ref, offset
@@ -203,8 +221,10 @@ class _Packer:
         # The slot first: a sealed pack is copied out of the open one only when it can upload, so at most
         # ``uploads_in_flight`` sealed packs and the open one are held (plus that copy, for a moment).
         await self._slots.acquire()
+        if self._trailers:
+            self._buf += pack_trailer(self._records, self._repo.master)
         data, ref = bytes(self._buf), self._ref
-        self._buf, self._ref = bytearray(), _PackRef()
+        self._buf, self._ref, self._records = bytearray(), _PackRef(), []
         self.packs += 1
         self._tg.create_task(self._upload(ref, data), name=f"upload pack {self.packs}")
 
@@ -218,21 +238,22 @@ class _Packer:
 
 
 async def known_chunks(repo: Repository) -> tuple[dict[bytes, ChunkRecord], list[str]]:
-    """Every chunk the repository's snapshots refer to, for deduplication (pack as an index into the
-    returned list of pack names). Unreadable manifests are skipped with a warning. Two manifests are read
-    at a time: each may take up to the manifest memory limit while it is parsed.
+    """Every chunk the repository holds that a snapshot may reuse (pack as an index into the returned list
+    of pack names): those of its index objects, those of manifests the index does not describe (format 1
+    snapshots; read two at a time, each may take up to the manifest memory limit; unreadable ones are
+    skipped with a warning), and those of packs no index object names, from their trailers (packs left by
+    an interrupted snapshot: reused, not uploaded again).
 
     A chunk is reused only where its pack exists and is long enough to hold it (one listing of the packs'
-    sizes): a manifest that names a pack that is missing, cut short or not a file (damage, or a manifest
-    forged into the repository) would otherwise make every later snapshot refer to bytes that are not there,
-    and such snapshots could not be restored. Those chunks are stored again instead, with a warning naming
-    the snapshot. (That the bytes in place are the chunk's is checked only when they are read: a restore
+    sizes): an index or manifest that names a pack that is missing, cut short or not a file (damage, or a
+    manifest forged into the repository) would otherwise make every later snapshot refer to bytes that are
+    not there, and such snapshots could not be restored. Those chunks are stored again instead, with a
+    warning. (That the bytes in place are the chunk's is checked only when they are read: a restore
     verifies every chunk.)"""
     ids = await repo.snapshot_ids()
     sizes = await repo.pack_sizes()
+    index = await read_index(repo) if repo.config is not None else Index()
     limit = asyncio.Semaphore(2)
-    known: dict[bytes, ChunkRecord] = {}
-    pack_index: dict[str, int] = {}
 
     async def load(sid: str) -> None:
         async with limit:
@@ -241,36 +262,63 @@ async def known_chunks(repo: Repository) -> tuple[dict[bytes, ChunkRecord], list
             except FerryError as e:
                 log.warning("not deduplicating against snapshot %s: %s", sid, e)
                 return
-        lengths = [sizes.get(name, -1) for name in manifest.packs]
-        unusable = 0
-        for rec in manifest.chunks:
-            if rec.offset + rec.stored > lengths[rec.pack]:
-                unusable += 1
-                continue
-            if rec.id not in known:
-                pack = pack_index.setdefault(manifest.packs[rec.pack], len(pack_index))
-                known[rec.id] = rec._replace(pack=pack)
-        if unusable:
-            log.warning(
-                "snapshot %s refers to %d chunks in packs that are missing or too short: they are stored again, "
-                "not reused; that snapshot cannot be restored whole",
-                sid,
-                unusable,
-            )
+        index.add_all(manifest.chunks, manifest.packs)
+
+    async def trailer(name: str) -> None:
+        async with limit:
+            records = await read_trailer(repo, name, sizes[name])
+        if records:
+            index.add_all(records, [name])
 
     async with task_group() as tg:
         for sid in ids:
-            tg.create_task(load(sid))
-    return known, list(pack_index)
+            if sid not in index.snapshots:
+                tg.create_task(load(sid))
+    if repo.config is not None:
+        indexed = index.indexed_packs()
+        async with task_group() as tg:
+            for name in sizes:
+                if name not in indexed:
+                    tg.create_task(trailer(name))
+    marked = await marked_packs(repo) if repo.config is not None else set()
+    lengths = [-1 if name in marked else sizes.get(name, -1) for name in index.packs]
+    known = {cid: rec for cid, rec in index.chunks.items() if rec.offset + rec.stored <= lengths[rec.pack]}
+    if len(known) < len(index.chunks):
+        log.info(
+            "%d chunks of %s lie in packs that are missing, too short or marked by a prune: they are stored "
+            "again if needed, not reused (`ferry repo check` tells damage from pruning)",
+            len(index.chunks) - len(known),
+            repo.describe(),
+        )
+    return known, index.packs
+
+
+async def _check_reused(repo: Repository, manifest: Manifest) -> None:
+    """Every pack the manifest names is there and long enough, just before the manifest is written: a
+    prune that took this writer for gone (its lock stale) may have deleted a pack it reused. Raises
+    RepositoryError then (nothing is lost: the snapshot is not written, and a new one stores what it needs)."""
+    if repo.config is None:
+        return
+    sizes = await repo.pack_sizes()
+    reach: dict[int, int] = {}
+    for rec in manifest.chunks:
+        reach[rec.pack] = max(reach.get(rec.pack, 0), rec.offset + rec.stored)
+    gone = [manifest.packs[i] for i, end in reach.items() if sizes.get(manifest.packs[i], -1) < end]
+    if gone:
+        raise RepositoryError(
+            f"{len(gone)} packs this snapshot reuses (such as {gone[0]}) are no longer in {repo.describe()}: a prune "
+            "removed them while the snapshot was being written; it was not saved, nothing else is lost: run it again"
+        )
 
 
 def _piece(data: bytes | memoryview, table: _Table, level: int) -> _Piece:
     if is_zero(data):
         return _Piece(len(data))
-    cid = chunk_id(data)
+    codec = table.codec
+    cid = codec.id_of(data)
     if table.has(cid):
         return _Piece(len(data), cid)
-    return _Piece(len(data), cid, encode_chunk(data, level))
+    return _Piece(len(data), cid, codec.encode(data, cid, level))
 
 
 def _read_block(fd: int, offset: int, length: int, table: _Table, level: int) -> list[_Piece]:
@@ -289,6 +337,20 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _chunked_as(repo: Repository, settings: SnapshotSettings) -> SnapshotSettings:
+    """``settings`` with the file chunker of the repository's config (so every writer cuts files alike and
+    deduplicates against the others)."""
+    chunker = repo.config.chunker if repo.config else {}
+    if not chunker:
+        return settings
+    return dataclasses.replace(
+        settings,
+        cdc_min_bytes=chunker.get("minSize", settings.cdc_min_bytes),
+        cdc_avg_bytes=chunker.get("avgSize", settings.cdc_avg_bytes),
+        cdc_max_bytes=chunker.get("maxSize", settings.cdc_max_bytes),
+    )
+
+
 async def create_snapshot(
     repo: Repository,
     source: str,
@@ -300,9 +362,20 @@ async def create_snapshot(
     into the manifest's ``source`` fields beside ``path`` and ``host`` (what the snapshot is of: a Velero
     backup, namespace and PVC). Raises SourceError when the source itself cannot be read, and storage
     errors; entries of a directory that cannot be read are reported in the result instead."""
+    async with writer_lock(repo):  # before the index is read: a prune then sweeps nothing this may reuse
+        return await _create(repo, source, _chunked_as(repo, settings), progress, labels)
+
+
+async def _create(
+    repo: Repository,
+    source: str,
+    settings: SnapshotSettings,
+    progress: Progress | None,
+    labels: Mapping[str, str] | None,
+) -> SnapshotResult:
     started = asyncio.get_running_loop().time()
     known, known_packs = await known_chunks(repo)
-    table = _Table(known, known_packs)
+    table = _Table(known, known_packs, repo.codec)
     with WorkerPool(settings.worker_threads, "ferry-snapshot") as pool:
         if await pool.run(os.path.isdir, source):
             made = await _TreeSnapshot(repo, source, settings, table, pool, progress).run()
@@ -310,8 +383,14 @@ async def create_snapshot(
             made = await _snapshot_block(repo, source, settings, table, pool, progress)
         if labels:
             made.manifest = dataclasses.replace(made.manifest, source=made.manifest.source | dict(labels))
-        stored = await pool.run(encode_manifest, made.manifest)
-    snapshot_id = await repo.write_manifest(stored)
+        stored = await pool.run(repo.encode_manifest, made.manifest)
+        snapshot_id = snapshot_id_of(stored)
+        await _check_reused(repo, made.manifest)
+        if repo.config is not None:  # format 2: what it stored, and what it is, for later writers and lists
+            packs, records = table.stored()
+            summary = await pool.run(summary_of, made.manifest)
+            await write_index(repo, packs, records, {snapshot_id: summary})
+    await repo.write_manifest(stored)
     manifest = made.manifest
     result = SnapshotResult(
         snapshot_id=snapshot_id,

@@ -35,7 +35,7 @@ from agent.expose.volumes import Volume
 from agent.kube.events import EventRecorder
 from agent.kube.times import now, timestamp
 from agent.settings import AgentSettings
-from agent.velero.locations import LocationResolver, StorageLocation
+from agent.velero.locations import REPOSITORY_SECRET, REPOSITORY_SECRET_KEY, LocationResolver, StorageLocation
 from agent.velero.objects import (
     CANCELED,
     CANCELING,
@@ -146,6 +146,16 @@ async def run(ctl: Host[T], dd: T, volume: Volume, wake: asyncio.Event) -> None:
             "UnknownConfig",
             f"spec.dataMoverConfig keys {', '.join(transfer.unknown_config)} mean nothing to Ferry and were ignored "
             f"(Ferry reads {', '.join(sorted(KNOWN_KEYS))})",
+            "Warning",
+        )
+    if location.default_password:
+        log.warning("the repository password is Velero's well-known default", extra={dd.KIND.lower(): dd.key})
+        await ctl.events.record(
+            started.ref(),
+            "DefaultRepositoryPassword",
+            f"the password in Secret {REPOSITORY_SECRET} (key {REPOSITORY_SECRET_KEY}) is Velero's well-known default, "
+            "so anyone who can read the bucket can decrypt these backups: set a password of your own before the "
+            "first backup (once repositories exist, add it to each with `ferry repo key add` first)",
             "Warning",
         )
     log.info("restarting" if restarted else "starting", extra={dd.KIND.lower(): dd.key, "transfer": transfer.what})

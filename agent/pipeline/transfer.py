@@ -30,7 +30,7 @@ from agent.aio.threads import WorkerPool
 from agent.errors import ChunkCorrupt, CorruptedInTransit, ObjectTruncated
 from agent.pipeline.direct import ALIGN, pad_for
 from agent.pipeline.plan import ChunkJob, FetchRange, Plan
-from agent.repo.chunks import decode_buffer, decode_chunk
+from agent.repo.chunks import ChunkCodec, decode_buffer
 from agent.repo.repository import Repository
 from agent.settings import RestoreSettings
 
@@ -125,7 +125,13 @@ _SHORT = b"short"
 
 
 def _decode_and_write(
-    data: bytes | memoryview, base: int, jobs: list[ChunkJob], sink: Sink, stop: threading.Event, max_plain: int
+    data: bytes | memoryview,
+    base: int,
+    jobs: list[ChunkJob],
+    sink: Sink,
+    stop: threading.Event,
+    max_plain: int,
+    codec: ChunkCodec,
 ) -> tuple[int, list[Bad]]:
     """Runs in a worker thread: verify each chunk of a fetched range and write it where it goes.
     Returns the bytes written and the chunks that failed."""
@@ -139,7 +145,7 @@ def _decode_and_write(
         start = job.offset - base
         frame = view[start : start + job.stored]
         pad = pad_for(job.places[0][1])
-        plain = decode_chunk(frame, job.plain, job.id, out[pad:])
+        plain = codec.decode(frame, job.plain, job.id, out[pad:])
         if isinstance(plain, str):
             bad.append((job, plain, blake3.blake3(frame).digest()))
             continue
@@ -183,7 +189,9 @@ class _Transfer:
 
     async def decode(self, data: memoryview, base: int, jobs: list[ChunkJob]) -> tuple[int, list[Bad]]:
         pool = self.pool
-        return await pool.run(_decode_and_write, data, base, jobs, self.sink, pool.stop, self.plan.max_plain)
+        return await pool.run(
+            _decode_and_write, data, base, jobs, self.sink, pool.stop, self.plan.max_plain, self.repo.codec
+        )
 
     async def refetch(self, rng: FetchRange, failed: Bad, buffer: bytearray) -> None:
         """Fetch one failed chunk again on its own (into the range's buffer, which holds it) and write it."""

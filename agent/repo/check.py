@@ -1,7 +1,8 @@
 """Checking a repository (``ferry repo check``): its structure always, every chunk's data on request.
 
 Structure: every manifest is read (fetched, hashed against its ID, parsed with every field checked), and
-every chunk it refers to must lie inside a pack that exists (one listing of the packs' sizes). Packs no
+every chunk it refers to must lie inside a pack that exists (one listing of the packs' sizes); in format 2,
+every index object must read and every chunk it places must lie inside a pack that exists. Packs no
 readable snapshot refers to are reported, not as damage: interrupted or forgotten snapshots leave them.
 
 ``read_data``: every chunk a snapshot refers to is read once and verified as a restore verifies it
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 from agent.aio.threads import offload
 from agent.errors import ObjectNotFound, ObjectTruncated, RepositoryError, StorageError
-from agent.repo.chunks import decode_chunk
+from agent.repo.index import read_index
 from agent.repo.repository import Repository, pack_key
 
 Progress = Callable[[int, int], None]
@@ -96,6 +97,8 @@ async def check_repository(
                     "it was cut short",
                 )
             )
+    if repo.config is not None:
+        await _check_index(repo, sizes, report)
     for pack, size in sorted(sizes.items()):
         if pack not in users:
             report.unreferenced_packs.append(pack)
@@ -104,6 +107,27 @@ async def check_repository(
         readable = {k: v for k, v in chunks.items() if k[0] in sizes and reach[k[0]] <= sizes[k[0]]}
         await _read_data(repo, readable, report, progress)
     return report
+
+
+async def _check_index(repo: Repository, sizes: dict[str, int], report: CheckReport) -> None:
+    """Every index object reads (and authenticates), and every chunk it names lies in a pack that exists."""
+    index = await read_index(repo)
+    for key, why in index.unreadable:
+        report.damage.append(Damage(f"index object {key.rsplit('/', 1)[-1][:16]}", f"{why}; {_REPAIR}"))
+    beyond: dict[str, int] = {}
+    named = {d.what for d in report.damage}
+    for rec in index.chunks.values():
+        pack = index.packs[rec.pack]
+        if rec.offset + rec.stored > sizes.get(pack, -1) and f"pack {pack}" not in named:
+            beyond[pack] = beyond.get(pack, 0) + 1
+    for pack, count in sorted(beyond.items()):
+        state = "missing" if pack not in sizes else "too short"
+        report.damage.append(
+            Damage(f"pack {pack}", f"the index places {count} chunks in it, but it is {state}; {_REPAIR}")
+        )
+
+
+_REPAIR = "`ferry repo repair-index` rebuilds the index from the packs and manifests"
 
 
 async def _read_data(
@@ -150,7 +174,7 @@ async def _verify(repo: Repository, pack: str, offset: int, stored: int, plain: 
         return str(e)
 
     def decode(_stop: object) -> str:
-        result = decode_chunk(memoryview(frame), plain, cid, bytearray(plain))
+        result = repo.codec.decode(memoryview(frame), plain, cid, bytearray(plain))
         return result if isinstance(result, str) else ""
 
     return await offload(decode)

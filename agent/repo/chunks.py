@@ -1,7 +1,9 @@
 """Chunks: the one place that turns plain bytes into stored frames and back, verifying on the way.
 
 A stored chunk is a single zstd frame whose header carries the plain length; its identity is the
-BLAKE3-256 of the plain bytes. ``decode_chunk`` checks the frame header, that the frame decompresses
+BLAKE3-256 of the plain bytes. In an encrypted repository (``ChunkCodec`` with a master key) the ID is
+keyed BLAKE3 and the frame is sealed with AES-256-GCM, the chunk ID as associated data.
+``decode_chunk`` checks the frame header, that the frame decompresses
 to exactly that length, and the hash, into a caller-owned buffer (so worker threads reuse memory
 instead of allocating per chunk). All functions here are blocking and thread-safe: each thread keeps its
 own zstd contexts.
@@ -11,9 +13,12 @@ from __future__ import annotations
 
 import mmap
 import threading
+from collections.abc import Callable
 
 import blake3
 import zstandard
+
+from agent.repo.crypto import SEAL_OVERHEAD, MasterKey
 
 _local = threading.local()
 
@@ -72,7 +77,11 @@ def decode_buffer(min_bytes: int) -> memoryview:
 
 
 def decode_chunk(
-    frame: memoryview, plain_len: int, expected_id: bytes, out: bytearray | memoryview
+    frame: memoryview,
+    plain_len: int,
+    expected_id: bytes,
+    out: bytearray | memoryview,
+    id_of: Callable[[memoryview], bytes] = chunk_id,
 ) -> memoryview | str:
     """Decompress and verify one stored chunk into ``out``.
 
@@ -99,6 +108,39 @@ def decode_chunk(
         return f"decompression failed: {e}"
     if filled != plain_len or trailing:
         return f"frame holds {'more' if trailing else filled} bytes, not {plain_len}"
-    if chunk_id(view) != expected_id:
+    if id_of(view) != expected_id:
         return "BLAKE3 mismatch"
     return view
+
+
+class ChunkCodec:
+    """How a repository names and stores chunks: plain (format 1, and format 2 without encryption), or
+    with a master key: keyed IDs and sealed frames. Thread-safe; methods are blocking."""
+
+    def __init__(self, master: MasterKey | None = None) -> None:
+        self.master = master
+        self._sealer = master.sealer() if master else None
+        self.overhead = SEAL_OVERHEAD if master else 0
+        """Stored bytes a chunk has beyond its zstd frame."""
+
+    def id_of(self, data: bytes | bytearray | memoryview) -> bytes:
+        return self.master.chunk_id(data) if self.master else chunk_id(data)
+
+    def encode(self, data: bytes | bytearray | memoryview, cid: bytes, level: int) -> bytes:
+        """The stored form of the chunk ``data`` whose ID is ``cid``."""
+        frame = encode_chunk(data, level)
+        return self._sealer.seal(frame, cid) if self._sealer else frame
+
+    def decode(
+        self, stored: memoryview, plain_len: int, expected_id: bytes, out: bytearray | memoryview
+    ) -> memoryview | str:
+        """As ``decode_chunk``, after opening the seal (a seal that does not authenticate is a reason)."""
+        if self._sealer is None:
+            return decode_chunk(stored, plain_len, expected_id, out)
+        frame = self._sealer.open(stored, expected_id)
+        if frame is None:
+            return "does not authenticate (altered, or not this chunk)"
+        return decode_chunk(memoryview(frame), plain_len, expected_id, out, self.id_of)
+
+
+PLAIN = ChunkCodec()

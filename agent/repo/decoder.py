@@ -7,8 +7,12 @@ describes is charged against ``memory_bytes`` (an estimate of what the parsed ma
 chunk table, slots and pack names), so a small manifest that describes a huge volume is refused in one
 line instead of taking the process down. The limits are in docs/FORMAT.md ("Limits").
 
-Raises ``ManifestInvalid`` (wrong hash, malformed content), ``UnsupportedFormat`` (unknown major
-version) or ``ManifestTooLarge``; every message names the snapshot and the field.
+Format 2 manifests (an encrypted repository) hold the same body, sealed (``agent.repo.crypto``): the
+frame is opened with the repository's master key before anything else is read, and a manifest that does
+not authenticate, or an unsealed manifest in an encrypted repository, is refused whole.
+
+Raises ``ManifestInvalid`` (wrong hash, malformed content, does not authenticate), ``UnsupportedFormat``
+(unknown major version) or ``ManifestTooLarge``; every message names the snapshot and the field.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import zstandard
 
 from agent.errors import ManifestInvalid, ManifestTooLarge, UnsupportedFormat
 from agent.fs.names import is_utf8, shown
+from agent.repo.crypto import SEAL_OVERHEAD, MasterKey
 from agent.repo.format import (
     CHUNK_RECORD,
     DEVICE_NUMBER_MAX,
@@ -50,6 +55,7 @@ from agent.repo.format import (
     MTIME_MAX_1_0,
     MTIME_MIN,
     MTIME_MIN_1_0,
+    SEALED_MAJOR,
     UID_MAX,
     ChunkTable,
     Entry,
@@ -59,6 +65,7 @@ from agent.repo.format import (
     check_relative_path,
     compress_bound,
     is_pack_name,
+    manifest_aad,
     snapshot_id_of,
 )
 from agent.repo.jsonstream import TOO_BIG, JsonError, JsonStream, Stop, Stopped, check_text
@@ -114,9 +121,11 @@ def decode_manifest(
     stop: Stop | None = None,
     *,
     verified: bool = False,
+    master: MasterKey | None = None,
 ) -> Manifest:
     """Verify stored manifest bytes against the ID they were fetched for, then parse and check them.
     ``verified``: the caller has just compared their BLAKE3 with the ID (it is not hashed again).
+    ``master``: the repository's master key if it is encrypted (then only sealed manifests are read).
 
     ``memory_bytes`` bounds what the parsed manifest may hold; ``stop``, when set, makes the parse raise
     ``Stopped`` within one piece of text (a megabyte).
@@ -128,12 +137,7 @@ def decode_manifest(
         )
     try:
         version, start = read_version(stored)
-        if version[0] != FORMAT_MAJOR:
-            raise UnsupportedFormat(
-                f"snapshot {snapshot_id} uses repository format {version[0]}.{version[1]}; this Ferry reads "
-                f"format {FORMAT_MAJOR}.x: upgrade Ferry to restore it"
-            )
-        frame = memoryview(stored)[start:]
+        frame = _open_frame(stored, start, version, snapshot_id, master)
         size = _check_frame(frame)
         reader = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES).stream_reader(
             frame, read_across_frames=False
@@ -315,7 +319,7 @@ class _Body:
         assert f.size is not None
         assert f.created is not None
         assert f.packs is not None
-        _check_chunks(f.chunks, len(f.packs))
+        _check_chunks(f.chunks, len(f.packs), SEAL_OVERHEAD if self.version[0] == SEALED_MAJOR else 0)
         common: dict[str, Any] = {
             "size": f.size,
             "created": f.created,
@@ -641,10 +645,42 @@ def _brief(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _check_chunks(chunks: ChunkTable, packs: int) -> None:
+def _open_frame(
+    stored: bytes, start: int, version: tuple[int, int], snapshot_id: str, master: MasterKey | None
+) -> memoryview:
+    """The body's zstd frame: what follows the version line (format 1), or what it seals (format 2,
+    authenticated with the version line and the repository ID as associated data)."""
+    if version[0] not in (FORMAT_MAJOR, SEALED_MAJOR):
+        raise UnsupportedFormat(
+            f"snapshot {snapshot_id} uses repository format {version[0]}.{version[1]}; this Ferry reads "
+            f"formats {FORMAT_MAJOR}.x and {SEALED_MAJOR}.x: upgrade Ferry to restore it"
+        )
+    if version[0] == FORMAT_MAJOR:
+        if master is not None:
+            raise ManifestInvalid(
+                f"snapshot {snapshot_id} is not encrypted, but its repository is: Ferry did not write it there "
+                "(forged, or copied from an unencrypted repository); it is refused"
+            )
+        return memoryview(stored)[start:]
+    if master is None:
+        raise ManifestInvalid(
+            f"snapshot {snapshot_id} is encrypted, but its repository is not: it was copied from another "
+            "repository; it is refused"
+        )
+    opened = master.sealer().open(memoryview(stored)[start:], manifest_aad(stored[:start], master.repository_id))
+    if opened is None:
+        raise ManifestInvalid(
+            f"the manifest of snapshot {snapshot_id} does not authenticate with this repository's key: it was "
+            "forged, altered, or copied from another repository; it is refused"
+        )
+    return memoryview(opened)
+
+
+def _check_chunks(chunks: ChunkTable, packs: int, overhead: int) -> None:
     """Every record names a pack of the manifest, has lengths within limits (stored no more than zstd's
-    worst case for its plain length) and lies within a pack a reader can address. The whole table is
-    checked through its columns where it can; a record at a time only where it must."""
+    worst case for its plain length, plus ``overhead`` for sealing) and lies within a pack a reader can
+    address. The whole table is checked through its columns where it can; a record at a time only where
+    it must."""
     if not len(chunks):
         return
     pack, offset, stored, plain = chunks.columns()
@@ -658,9 +694,11 @@ def _check_chunks(chunks: ChunkTable, packs: int) -> None:
         for i in range(len(chunks)):
             if offset[i] + stored[i] > INT64_MAX:
                 raise _Invalid(f"chunk {i} lies beyond byte {INT64_MAX} of its pack")
-    if max(stored) > compress_bound(min(plain)):
+    if overhead and min(stored) <= overhead:
+        raise _Invalid(f"a chunk has {min(stored)} stored bytes: a sealed chunk has more than {overhead}")
+    if max(stored) > compress_bound(min(plain)) + overhead:
         for i, (s, p) in enumerate(zip(stored, plain, strict=True)):
-            if s > compress_bound(p):
+            if s > compress_bound(p) + overhead:
                 raise _Invalid(f"chunk {i} says {s} stored bytes, more than zstd makes of {p} plain bytes")
 
 

@@ -26,9 +26,13 @@ import blake3
 import zstandard
 
 from agent.fs.names import is_utf8
+from agent.repo.crypto import MasterKey
 
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 1
+SEALED_MAJOR = 2
+"""Manifests of an encrypted repository: the body of 1.1, sealed (docs/FORMAT.md, section 9)."""
+SEALED_VERSION = (SEALED_MAJOR, 0)
 """What this Ferry writes; it reads 1.0 and 1.1 (and later 1.x, ignoring fields it does not know)."""
 MAGIC = b"ferry-snapshot "
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
@@ -289,9 +293,15 @@ def _entry_json(e: Entry, version: tuple[int, int]) -> dict[str, Any]:
     return out
 
 
-def encode_manifest(m: Manifest) -> bytes:
-    """The stored bytes of a manifest, in format ``m.version``. Its snapshot ID is ``snapshot_id_of``
-    of the result."""
+def manifest_aad(version_line: bytes, repository_id: str) -> bytes:
+    """The associated data a format 2 manifest is sealed with: its version line and the repository ID."""
+    return bytes(version_line) + repository_id.encode("ascii")
+
+
+def encode_manifest(m: Manifest, master: MasterKey | None = None) -> bytes:
+    """The stored bytes of a manifest, in format ``m.version``, or sealed with ``master`` in format 2.0
+    (an encrypted repository; the body is that of ``m.version``, which must then be 1.1). Its snapshot ID
+    is ``snapshot_id_of`` of the result."""
     body: dict[str, Any] = {
         "mode": m.mode,
         "size": m.size,
@@ -310,4 +320,11 @@ def encode_manifest(m: Manifest) -> bytes:
         body["entries"] = [_entry_json(e, m.version) for e in m.entries]
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     frame = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(text)
-    return MAGIC + f"{m.version[0]}.{m.version[1]}\n".encode("ascii") + frame
+    if master is None:
+        if m.version[0] != FORMAT_MAJOR:
+            raise ValueError(f"a format {m.version[0]} manifest is sealed: it needs the master key")
+        return MAGIC + f"{m.version[0]}.{m.version[1]}\n".encode("ascii") + frame
+    if m.version not in ((FORMAT_MAJOR, FORMAT_MINOR), SEALED_VERSION):
+        raise ValueError(f"an encrypted manifest holds a {FORMAT_MAJOR}.{FORMAT_MINOR} body, not {m.version}")
+    line = MAGIC + f"{SEALED_MAJOR}.{SEALED_VERSION[1]}\n".encode("ascii")
+    return line + master.sealer().seal(frame, manifest_aad(line, master.repository_id))

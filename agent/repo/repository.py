@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import partial
+from typing import TYPE_CHECKING
 
 from agent.aio.threads import offload
 from agent.errors import (
@@ -23,10 +24,15 @@ from agent.errors import (
     RepositoryError,
     SnapshotNotFound,
 )
+from agent.repo.chunks import ChunkCodec
+from agent.repo.crypto import MasterKey
 from agent.repo.decoder import declared_body_bytes, decode_manifest
-from agent.repo.format import Manifest, is_snapshot_id, snapshot_id_of
+from agent.repo.format import Manifest, encode_manifest, is_snapshot_id, snapshot_id_of
 from agent.settings import RepositorySettings
 from agent.storage.base import Storage
+
+if TYPE_CHECKING:
+    from agent.repo.config import RepoConfig
 
 PACKS = "packs/"
 SNAPSHOTS = "snapshots/"
@@ -75,6 +81,23 @@ def created_at(created: str) -> dt.datetime:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
 
 
+def summary_of(m: Manifest) -> dict[str, object]:
+    """What ``snapshot list`` shows of a snapshot (and the index keeps of it): format, mode, size in bytes,
+    created, source, chunk count, stored bytes, pack count, entries, and a block snapshot's chunk size."""
+    return {
+        "format": f"{m.version[0]}.{m.version[1]}",
+        "mode": m.mode,
+        "size": m.size,
+        "created": m.created,
+        "source": m.source,
+        "chunks": len(m.chunks),
+        "storedBytes": sum(m.chunks.columns().stored),
+        "packs": len(m.packs),
+        "entries": len(m.entries),
+        **({"chunkSize": m.chunk_size} if m.mode == "block" else {}),
+    }
+
+
 def pack_key(name: str) -> str:
     return f"{PACKS}{name[:2]}/{name}"
 
@@ -88,9 +111,30 @@ def _digest(stored: bytes, stop: object) -> str:
 
 
 class Repository:
-    def __init__(self, storage: Storage, settings: RepositorySettings | None = None) -> None:
+    """Packs and manifests under ``storage``. ``config``: the repository's config object (None: format 1,
+    or a bare location a test writes to); ``master``: its master key if it is encrypted (then chunks are
+    sealed and named by keyed hashes, and only sealed manifests are read); ``key_id``: the key that
+    unlocked it. ``agent.repo.config.open_repository`` makes one from a location."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        settings: RepositorySettings | None = None,
+        *,
+        config: RepoConfig | None = None,
+        master: MasterKey | None = None,
+        key_id: str = "",
+    ) -> None:
         self.storage = storage
         self.settings = settings or RepositorySettings()
+        self.config = config
+        self.master = master
+        self.key_id = key_id
+        self.codec = ChunkCodec(master)
+
+    def encode_manifest(self, manifest: Manifest) -> bytes:
+        """The stored bytes of ``manifest`` in this repository (sealed if it is encrypted). Blocking."""
+        return encode_manifest(manifest, self.master)
 
     def describe(self) -> str:
         return self.storage.describe()
@@ -160,10 +204,11 @@ class Repository:
             small = len(stored) <= _DECODE_INLINE_BYTES
             digest = snapshot_id_of(stored) if small else await offload(partial(_digest, stored))
             if digest == snapshot_id:
+                master = self.master
                 if small and 0 <= declared_body_bytes(stored) <= _DECODE_INLINE_BYTES:
-                    return decode_manifest(stored, snapshot_id, limit, verified=True)
+                    return decode_manifest(stored, snapshot_id, limit, verified=True, master=master)
                 # In a thread that stops when this task is cancelled: Ctrl-C is not held up by a long parse.
-                return await offload(partial(decode_manifest, stored, snapshot_id, limit, verified=True))
+                return await offload(partial(decode_manifest, stored, snapshot_id, limit, verified=True, master=master))
             if digest in seen:
                 raise ManifestInvalid(
                     f"the manifest stored for snapshot {snapshot_id} does not hash to that ID (the same bytes came "

@@ -28,11 +28,9 @@ class RepoStats:
     packs: int
     pack_bytes: int
     """Everything in the packs, referenced or not (what the repository takes in storage, manifests aside)."""
-
-    @property
-    def unreferenced_bytes(self) -> int:
-        """Pack bytes no readable snapshot refers to: left by interrupted snapshots or forgotten ones."""
-        return max(0, self.pack_bytes - self.referenced_stored_bytes)
+    unreferenced_bytes: int = 0
+    """Bytes of the packs no readable snapshot refers to: left by interrupted snapshots or forgotten ones
+    (what ``repo prune`` removes)."""
 
     @property
     def dedup_ratio(self) -> float:
@@ -53,6 +51,7 @@ async def repository_stats(repo: Repository) -> RepoStats:
     restore = 0
     readable = 0
     unreadable: list[str] = []
+    referenced: set[str] = set()
     for snapshot_id in await repo.snapshot_ids():
         try:
             manifest = await repo.read_manifest(snapshot_id)
@@ -62,6 +61,7 @@ async def repository_stats(repo: Repository) -> RepoStats:
             continue
         readable += 1
         restore += manifest.size
+        referenced.update(manifest.packs)
         for rec in manifest.chunks:
             seen.setdefault(rec.id, (rec.plain, rec.stored))
     return RepoStats(
@@ -73,4 +73,5 @@ async def repository_stats(repo: Repository) -> RepoStats:
         referenced_stored_bytes=sum(stored for _, stored in seen.values()),
         packs=len(sizes),
         pack_bytes=sum(max(0, s) for s in sizes.values()),
+        unreferenced_bytes=sum(max(0, s) for name, s in sizes.items() if name not in referenced),
     )

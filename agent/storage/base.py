@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from types import TracebackType
+from typing import NamedTuple
 
 from agent.errors import ConfigError
 
@@ -14,6 +15,13 @@ def check_key(key: str) -> str:
     if not key or any(p in ("", ".", "..") for p in parts) or "\x00" in key:
         raise ConfigError(f"invalid storage key {key!r}")
     return key
+
+
+class ObjectInfo(NamedTuple):
+    size: int
+    """Bytes; -1 for something that is not an object (a directory where one should be)."""
+    modified: float
+    """When it was last written, in seconds since the epoch (the store's clock)."""
 
 
 class Storage(abc.ABC):
@@ -43,6 +51,11 @@ class Storage(abc.ABC):
         """Store an object atomically: readers see all of it or nothing."""
 
     @abc.abstractmethod
+    async def put_new(self, key: str, data: bytes) -> bool:
+        """Store an object only if there is none at ``key`` (atomically: of two writers at once, one
+        wins). Returns False, storing nothing, if one exists. S3: a conditional PUT (``If-None-Match: *``)."""
+
+    @abc.abstractmethod
     async def delete(self, key: str) -> None:
         """Remove an object; removing a missing object is not an error."""
 
@@ -53,6 +66,14 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def sizes(self, prefix: str) -> dict[str, int]:
         """The keys that start with ``prefix`` and their objects' sizes in bytes (one listing, no reads)."""
+
+    @abc.abstractmethod
+    async def info(self, prefix: str) -> dict[str, ObjectInfo]:
+        """The keys that start with ``prefix``, with their sizes and modification times (one listing)."""
+
+    async def is_empty(self) -> bool:
+        """True if no object is stored here at all (without listing everything: backends override this)."""
+        return not await self.list("")
 
     async def check(self) -> None:  # noqa: B027 - optional: only a local directory can be missing
         """Raise StorageError if nothing can be read here at all (a local directory that does not exist

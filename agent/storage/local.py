@@ -9,8 +9,8 @@ import os
 import secrets
 import stat
 
-from agent.errors import ObjectNotFound, ObjectTooLarge, ObjectTruncated, StorageError
-from agent.storage.base import Storage, check_key
+from agent.errors import LocationMissing, ObjectNotFound, ObjectTooLarge, ObjectTruncated, StorageError
+from agent.storage.base import ObjectInfo, Storage, check_key
 
 _MAX_OFFSET = 2**63 - 1
 
@@ -101,7 +101,9 @@ class LocalStorage(Storage):
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._put, key, data)
 
-    def _put(self, key: str, data: bytes) -> None:
+    def _put(self, key: str, data: bytes, only_new: bool = False) -> bool:
+        """Write a temporary file, fsync it, then rename it over ``key`` (or, ``only_new``, link it there:
+        a link fails if the name exists, so of two writers one wins). Returns whether it was stored."""
         path = self._path(key)
         directory = os.path.dirname(path)
         tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
@@ -119,11 +121,24 @@ class LocalStorage(Storage):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
+            if not only_new:
+                os.replace(tmp, path)
+                return True
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            else:
+                return True
+            finally:
+                os.unlink(tmp)
         except OSError as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise StorageError(f"cannot write {key!r} to {self.describe()}: {e.strerror}") from e
+
+    async def put_new(self, key: str, data: bytes) -> bool:
+        return await asyncio.to_thread(self._put, key, data, True)
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._delete, key)
@@ -145,6 +160,18 @@ class LocalStorage(Storage):
                 break
             directory = os.path.dirname(directory)
 
+    async def is_empty(self) -> bool:
+        return await asyncio.to_thread(self._is_empty)
+
+    def _is_empty(self) -> bool:
+        try:
+            with os.scandir(self._root) as entries:
+                return next(entries, None) is None
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        except OSError as e:
+            raise StorageError(f"cannot read {self.describe()}: {e.strerror}") from e
+
     async def check(self) -> None:
         await asyncio.to_thread(self._check)
 
@@ -152,7 +179,9 @@ class LocalStorage(Storage):
         try:
             mode = os.stat(self._root).st_mode
         except FileNotFoundError:
-            raise StorageError(f"there is no repository at {self.describe()}: the directory does not exist") from None
+            raise LocationMissing(
+                f"there is no repository at {self.describe()}: the directory does not exist"
+            ) from None
         except OSError as e:
             raise StorageError(f"cannot read the repository at {self.describe()}: {e.strerror}") from e
         if not stat.S_ISDIR(mode):
@@ -188,6 +217,19 @@ class LocalStorage(Storage):
             except FileNotFoundError:  # removed since it was listed
                 continue
             found[key] = st.st_size if stat.S_ISREG(st.st_mode) else -1  # not a file: no object of any size
+        return found
+
+    async def info(self, prefix: str) -> dict[str, ObjectInfo]:
+        return await asyncio.to_thread(self._info, prefix)
+
+    def _info(self, prefix: str) -> dict[str, ObjectInfo]:
+        found: dict[str, ObjectInfo] = {}
+        for key in self._list(prefix):
+            try:
+                st = os.stat(os.path.join(self._root, *key.split("/")))
+            except FileNotFoundError:  # removed since it was listed
+                continue
+            found[key] = ObjectInfo(st.st_size if stat.S_ISREG(st.st_mode) else -1, st.st_mtime)
         return found
 
     async def aclose(self) -> None:

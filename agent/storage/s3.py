@@ -35,7 +35,7 @@ from agent.errors import (
 )
 from agent.logs import add_secret
 from agent.settings import S3Settings
-from agent.storage.base import Storage, check_key
+from agent.storage.base import ObjectInfo, Storage, check_key
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -62,6 +62,7 @@ _TRANSIENT = {
     "RequestLimitExceeded",
     "BandwidthLimitExceeded",
     "RequestTimeTooSkewed",
+    "ConditionalRequestConflict",  # 409 to a conditional PUT racing another: try again
 }
 _TRANSIENT_BOTOCORE = (
     botocore.exceptions.EndpointConnectionError,
@@ -275,6 +276,24 @@ class S3Storage(Storage):
 
         await self._call("PUT", key, op)
 
+    async def put_new(self, key: str, data: bytes) -> bool:
+        async def op() -> bool:
+            try:
+                await self.client.put_object(
+                    Bucket=self._bucket,
+                    Key=self._key(key),
+                    Body=_SharedBytes(data),
+                    ContentLength=len(data),
+                    IfNoneMatch="*",
+                )
+            except botocore.exceptions.ClientError as e:
+                if e.response.get("Error", {}).get("Code") == "PreconditionFailed":
+                    return False
+                raise
+            return True
+
+        return await self._call("PUT", key, op)
+
     async def delete(self, key: str) -> None:
         async def op() -> None:
             await self.client.delete_object(Bucket=self._bucket, Key=self._key(key))
@@ -290,6 +309,26 @@ class S3Storage(Storage):
             return sorted(keys)
 
         return await self._call("LIST", prefix, op)
+
+    async def info(self, prefix: str) -> dict[str, ObjectInfo]:
+        async def op() -> dict[str, ObjectInfo]:
+            found: dict[str, ObjectInfo] = {}
+            paginator = self.client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self._bucket, Prefix=self._prefix + prefix):
+                for obj in page.get("Contents", []):
+                    found[obj["Key"][len(self._prefix) :]] = ObjectInfo(
+                        int(obj["Size"]), obj["LastModified"].timestamp()
+                    )
+            return found
+
+        return await self._call("LIST", prefix, op)
+
+    async def is_empty(self) -> bool:
+        async def op() -> bool:
+            page = await self.client.list_objects_v2(Bucket=self._bucket, Prefix=self._prefix, MaxKeys=1)
+            return not page.get("Contents")
+
+        return await self._call("LIST", "", op)
 
     async def sizes(self, prefix: str) -> dict[str, int]:
         async def op() -> dict[str, int]:

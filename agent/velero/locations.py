@@ -20,7 +20,7 @@ import binascii
 import configparser
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.errors import ConfigError, KubeNotFound, LocationError
 from agent.kube.api import Kube, Obj
@@ -31,12 +31,27 @@ SERVED_PROVIDERS = frozenset({"aws", "velero.io/aws", "s3"})
 _OTHER_CLOUDS = {"azure": "Azure Blob Storage", "gcp": "Google Cloud Storage"}
 
 
+REPOSITORY_SECRET = "velero-repo-credentials"  # noqa: S105 - a Secret's name, not a password
+REPOSITORY_SECRET_KEY = "repository-password"  # noqa: S105 - a key in that Secret
+VELERO_DEFAULT_PASSWORD = b"static-passw0rd"
+"""What Velero puts in its repository Secret when the Secret does not exist as its server starts
+(``EnsureCommonRepositoryKey``, pkg/repository/keys/keys.go): the same in every cluster."""
+
+
 @dataclass(frozen=True)
 class StorageLocation:
     name: str
     bucket: str
     prefix: str
     s3: S3Settings
+    repository_password: bytes = field(default=b"", repr=False)
+    """The password of the repositories in this location: Velero's own (Secret ``velero-repo-credentials``
+    key ``repository-password`` in Velero's namespace, which Velero uses for its kopia repositories)."""
+
+    @property
+    def default_password(self) -> bool:
+        """The password is Velero's well-known default: the encryption then protects nothing."""
+        return self.repository_password == VELERO_DEFAULT_PASSWORD
 
     def describe(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
@@ -130,7 +145,16 @@ class LocationResolver:
                 else ""
             ),
         )
-        return StorageLocation(name, bucket, str(storage.get("prefix") or "").strip("/"), s3)
+        password, _ = await self._secret_value(
+            {"name": REPOSITORY_SECRET, "key": REPOSITORY_SECRET_KEY},
+            "the password of Velero's repositories, which Ferry's are encrypted with too; Velero's server creates it "
+            "when it starts",
+        )
+        if not password:
+            raise LocationError(
+                f"Secret {self._kube.namespace}/{REPOSITORY_SECRET} key {REPOSITORY_SECRET_KEY!r} is empty"
+            )
+        return StorageLocation(name, bucket, str(storage.get("prefix") or "").strip("/"), s3, password)
 
     async def _secret_value(self, ref: Obj, role: str) -> tuple[bytes, str]:
         """The bytes of the Secret key ``ref`` names (``{name, key}``), and how to name it in messages."""

@@ -24,6 +24,8 @@ from tests.support.kube import KubeServer
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY
 
 NS = "velero"
+REPOSITORY_PASSWORD = b"test repository password"
+"""The password of Velero's repositories in the simulated clusters (not Velero's default)."""
 Obj = dict[str, Any]
 
 
@@ -44,6 +46,21 @@ class Cluster:
             self.kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 
     # --- Velero's side ---------------------------------------------------------------------------------
+
+    def add_repository_secret(self, password: bytes = REPOSITORY_PASSWORD) -> None:
+        """The Secret Velero's server makes at start (``velero-repo-credentials``): its repositories'
+        password, which Ferry's use too."""
+        data = {"repository-password": base64.b64encode(password).decode()}
+        self.kube.create(
+            "secrets",
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "velero-repo-credentials", "namespace": NS},
+                "data": data,
+            },
+            namespace=NS,
+        )
 
     def add_credentials_secret(self, name: str = "ferry-credentials", key: str = "cloud", text: str = "") -> None:
         data = {key: base64.b64encode((text or credentials_ini()).encode()).decode()}
@@ -71,6 +88,8 @@ class Cluster:
         }
         if credential is not None:
             spec["credential"] = credential
+        if self.kube.get("secrets", "velero-repo-credentials", namespace=NS) is None:
+            self.add_repository_secret()  # Velero's server makes it at start: there is one wherever a BSL is
         self.kube.create(
             "backupstoragelocations",
             {

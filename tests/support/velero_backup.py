@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.pipeline.restore import restore
-from agent.repo.repository import Repository
+from agent.repo.config import open_repository
 from agent.settings import RestoreSettings, S3Settings
 from agent.storage.s3 import S3Storage
 from agent.storage.url import velero_repository_prefix
-from tests.support.cluster import Cluster
+from tests.support.cluster import REPOSITORY_PASSWORD, Cluster
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.kube import KubeServer
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY
@@ -347,7 +347,8 @@ async def stored_tree(cluster: Cluster, du: Obj, target: Path) -> Path:
     prefix = velero_repository_prefix("backups", du["spec"]["sourceNamespace"])
     storage = await S3Storage.open(settings, cluster.bucket, prefix)
     try:
-        await restore(Repository(storage), du["status"]["snapshotID"], str(target), RestoreSettings())
+        repo = await open_repository(storage, None, REPOSITORY_PASSWORD)
+        await restore(repo, du["status"]["snapshotID"], str(target), RestoreSettings())
     finally:
         await storage.aclose()
     return target
