@@ -10,7 +10,8 @@
 2. **Prune.** ``--days`` daily backups of an image of ``--size-mib / 4`` whose every day rewrites about 10%
    (20 regions of new random bytes) go into a new encrypted repository; then all but the newest ``--keep``
    are forgotten (what expiring backups does) and ``repo prune --grace 0s`` runs twice (mark, sweep). The
-   stored bytes (packs, from the bucket listing) before and after are reported, then ``repo check
+   stored bytes (packs, from the bucket listing) before and after are reported, with what the kept
+   snapshots' distinct chunks take (``repo stats``: the least a prune could leave); then ``repo check
    --read-data`` must pass and the newest snapshot must restore identical to its image.
 
 Writes ``bench/results/lifecycle.json`` (``--smoke``: ``lifecycle-smoke.json``).
@@ -130,6 +131,7 @@ def pruning(work: Path, server: SeaweedServer, env: dict[str, str], size: int, d
     sweep = json.loads(_ferry(repo, "repo", "prune", "--grace", "0s", "--json"))
     seconds = time.perf_counter() - started
     after = _stored(server, bucket, repo.prefix)
+    needed = json.loads(_ferry(repo, "repo", "stats", "--json"))["referenced_stored_bytes"]
     _ferry(repo, "repo", "check", "--read-data")
     target = work / "out" / "daily.img"
     target.unlink(missing_ok=True)
@@ -143,6 +145,7 @@ def pruning(work: Path, server: SeaweedServer, env: dict[str, str], size: int, d
         "kept": keep,
         "stored_bytes_before": before,
         "stored_bytes_after": after,
+        "kept_snapshots_need_bytes": needed,
         "freed_fraction": 1 - after / before,
         "marked_packs": mark["marked_packs"],
         "deleted_packs": sweep["deleted_packs"],
@@ -184,7 +187,8 @@ def main() -> None:
         f"{e['encrypted']['process']['cpu_s_per_GB']:.2f} CPU s/GB; unencrypted: "
         f"{e['unencrypted']['process']['GBps']:.3f} GB/s, {e['unencrypted']['process']['cpu_s_per_GB']:.2f} CPU s/GB\n"
         f"prune: {pr['stored_bytes_before'] / MiB:.1f} MiB stored before, {pr['stored_bytes_after'] / MiB:.1f} MiB "
-        f"after ({100 * pr['freed_fraction']:.0f}% freed)\n{out}\n"
+        f"after ({100 * pr['freed_fraction']:.0f}% freed; the kept snapshots need "
+        f"{pr['kept_snapshots_need_bytes'] / MiB:.1f} MiB)\n{out}\n"
     )
 
 
