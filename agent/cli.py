@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_repo_flags(forget)
     forget.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="snapshot ID, unique prefix, or latest")
     for rule in ("last", "daily", "weekly", "monthly"):
-        forget.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N", help=f"keep {rule} snapshots")
+        forget.add_argument(f"--keep-{rule}", type=int, metavar="N", help=f"keep {rule} snapshots")
     forget.add_argument("--apply", action="store_true", help="carry a policy out (default: show what it would do)")
     forget.add_argument("--dry-run", action="store_true", help="show what would be forgotten; change nothing")
 
@@ -538,6 +538,7 @@ async def cmd_repo_check(args: argparse.Namespace) -> int:
                 f"{report.transit_faults} reads came back corrupted and right when read again: the network path "
                 "corrupts data, the stored objects are intact"
             )
+        lines += [f"note: {n}" for n in report.notes]
         lines.append("no damage found" if report.ok else f"{len(report.damage)} problems found")
         payload = asdict(report) | {"damage": [str(d) for d in report.damage], "ok": report.ok}
         _emit(args, payload, "\n".join(lines))
@@ -547,9 +548,15 @@ async def cmd_repo_check(args: argparse.Namespace) -> int:
 
 
 async def cmd_snapshot_forget(args: argparse.Namespace) -> int:
-    policy = Policy(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly)
-    if bool(args.snapshots) == (not policy.empty):
+    keeps = [args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly]
+    policy = Policy(*(k or 0 for k in keeps))
+    given = any(k is not None for k in keeps)
+    if args.snapshots and given:
+        raise ConfigError("give either snapshots to forget or a policy (--keep-*), not both")
+    if not args.snapshots and not given:
         raise ConfigError("name the snapshots to forget, or give a policy (--keep-last/-daily/-weekly/-monthly)")
+    if given and policy.empty:
+        raise ConfigError("a policy that keeps nothing would forget every snapshot: give --keep-* counts of 1 or more")
     for reference in args.snapshots:
         check_reference(reference)
 
@@ -662,11 +669,10 @@ async def cmd_agent(args: argparse.Namespace) -> int:
 
 async def cmd_repo_init(args: argparse.Namespace) -> int:
     settings = repository_settings(args)
-    password = _password(args, settings)
-    if args.no_encryption and password is not None:
-        raise ConfigError(
-            "--no-encryption and a password (--password-file / FERRY_PASSWORD_FILE) contradict each other"
-        )
+    if args.no_encryption and args.password_file:
+        raise ConfigError("--no-encryption and --password-file contradict each other")
+    # --no-encryption wins over FERRY_PASSWORD_FILE: the flag is what this command was asked for.
+    password = None if args.no_encryption else _password(args, settings)
     if not args.no_encryption and password is None:
         raise ConfigError(
             "a repository is encrypted with a password: give --password-file (or FERRY_PASSWORD_FILE), or "

@@ -4,11 +4,13 @@ manifest and a swapped pack are each refused in one line (issue 12)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
 from pathlib import Path
 
+import blake3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -267,3 +269,52 @@ def test_key_derivations_in_many_threads_at_once_all_finish() -> None:
     with ThreadPoolExecutor(4) as pool:
         keys = list(pool.map(lambda i: derive(b"pw", bytes([i]) * 16, params), range(4), timeout=60))
     assert len(set(keys)) == 4
+
+
+async def test_keys_are_tried_cheapest_first_and_at_most_64_exist(tmp_path: Path) -> None:
+    repo = await _encrypted(tmp_path / "repo")
+    # A key someone who can write to the bucket put there, as costly as Ferry accepts (1 GiB, 16 passes):
+    # it would take minutes; the right password must not wait for it.
+    costly = json.loads(next((tmp_path / "repo" / "keys").iterdir()).read_text())
+    costly["kdf"].update(memoryKiB=1024 * 1024, iterations=16, lanes=1)
+    stored = json.dumps(costly).encode()
+    (tmp_path / "repo" / "keys" / blake3.blake3(stored).hexdigest()).write_bytes(stored)
+    opened = await asyncio.wait_for(open_repository(LocalStorage(str(tmp_path / "repo")), None, PASSWORD), 30)
+    assert opened.master == repo.master
+    for n in range(62):
+        await add_key(opened, f"password {n}".encode(), CHEAP)
+    with pytest.raises(ConfigError, match="at most 64 are tried"):
+        await add_key(opened, b"one too many", CHEAP)
+
+
+async def test_a_key_whose_name_is_not_its_hash_is_not_used(tmp_path: Path) -> None:
+    repo = await _encrypted(tmp_path / "repo")
+    (original,) = (tmp_path / "repo" / "keys").iterdir()
+    (tmp_path / "repo" / "keys" / ("ab" * 32)).write_bytes(original.read_bytes())
+    assert [k.id for k in await list_keys(repo)] == [original.name]
+
+
+async def test_key_prefixes_are_checked_before_anything_is_removed(tmp_path: Path) -> None:
+    repo = await _encrypted(tmp_path / "repo")
+    other = await add_key(repo, b"second", CHEAP)
+    with pytest.raises(ConfigError, match="at least 4 hexadecimal digits"):
+        await remove_key(repo, other[:3])
+    with pytest.raises(ConfigError, match="no key of the repository"):
+        await remove_key(repo, "0000" if not other.startswith("0000") else "ffff")
+    assert len(await list_keys(repo)) == 2
+
+
+async def test_two_writers_creating_a_repository_with_different_passwords(tmp_path: Path) -> None:
+    storage = LocalStorage(str(tmp_path / "repo"))
+    results = await asyncio.gather(
+        init_repository(storage, None, b"first", kdf=CHEAP),
+        init_repository(storage, None, b"second", kdf=CHEAP),
+        return_exceptions=True,
+    )
+    created = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(created) == 1
+    assert len(refused) == 1
+    assert isinstance(refused[0], ConfigError)
+    assert "wrong password" not in str(refused[0])
+    assert len(list((tmp_path / "repo" / "keys").iterdir())) == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.backup.writer import create_snapshot
-from agent.errors import ConfigError, RepositoryError
+from agent.errors import ConfigError, RepositoryError, StorageError
 from agent.pipeline.restore import restore
 from agent.repo.check import check_repository
 from agent.repo.config import init_repository
@@ -266,7 +266,7 @@ async def test_the_index_is_rebuilt_from_manifests_and_pack_trailers(tmp_path: P
     assert again.reused_chunks > 0
 
 
-async def test_check_names_packs_the_index_places_chunks_in_that_are_gone(tmp_path: Path) -> None:
+async def test_check_notes_packs_the_index_places_chunks_in_that_are_gone(tmp_path: Path) -> None:
     repo = await _repo(LocalStorage(str(tmp_path / "repo")))
     made = await create_snapshot(repo, str(_image(tmp_path / "a.img", 1 * MiB, 13)), SETTINGS)
     await repo.forget(made.snapshot_id)
@@ -275,12 +275,13 @@ async def test_check_names_packs_the_index_places_chunks_in_that_are_gone(tmp_pa
     count = sum(1 for r in index.chunks.values() if index.packs[r.pack] == victim)
     (tmp_path / "repo" / pack_key(victim)).unlink()
     report = await check_repository(repo)
-    assert [str(d) for d in report.damage] == [
-        f"pack {victim}: the index places {count} chunks in it, but it is missing; `ferry repo repair-index` "
-        "rebuilds the index from the packs and manifests"
+    assert not report.damage, "no snapshot refers to those chunks: nothing is lost"
+    assert report.notes == [
+        f"the index places {count} chunks in pack {victim}, which is missing (no snapshot refers to them there); "
+        "`ferry repo repair-index` rebuilds the index from the packs and manifests"
     ]
     await repair_index(repo)
-    assert not (await check_repository(repo)).damage
+    assert not (await check_repository(repo)).notes
 
 
 def test_the_command_line_prunes_and_repairs(tmp_path: Path) -> None:
@@ -301,3 +302,35 @@ def test_the_command_line_prunes_and_repairs(tmp_path: Path) -> None:
     status = ferry("repo", "prune", "--repo", root, "--grace", "soon")
     assert status.returncode == 2
     assert "--grace" in status.stderr
+
+
+class _PackDeletesFail(LocalStorage):
+    """A prune stopped while it deletes packs (as by Ctrl-C or a crash): the second pack delete fails."""
+
+    deleted = 0
+
+    async def delete(self, key: str) -> None:
+        if key.startswith("packs/"):
+            if self.deleted:
+                raise StorageError("stopped here")
+            self.deleted += 1
+        await super().delete(key)
+
+
+async def test_a_prune_stopped_while_it_deletes_packs_leaves_no_damage(tmp_path: Path) -> None:
+    repo = await _repo(LocalStorage(str(tmp_path / "repo")))
+    kept = await create_snapshot(repo, str(_image(tmp_path / "a.img", 2 * MiB, 15)), SETTINGS)
+    gone = await create_snapshot(repo, str(_image(tmp_path / "b.img", 4 * MiB, 16)), SETTINGS)
+    await repo.forget(gone.snapshot_id)
+    await prune(repo, grace_s=0)
+    failing = Repository(_PackDeletesFail(str(tmp_path / "repo")), config=repo.config, master=repo.master)
+    with pytest.raises(StorageError, match="stopped here"):
+        await prune(failing, grace_s=0)
+    assert not await repo.storage.list(LOCKS)
+    report = await check_repository(repo, read_data=True)
+    assert not report.damage, report.damage
+    assert not report.notes, report.notes
+    swept = await prune(repo, grace_s=0)
+    assert swept.deleted_packs > 0
+    await _restores(repo, kept.snapshot_id, (tmp_path / "a.img").read_bytes(), tmp_path / "out.img")
+    assert not (await check_repository(repo)).damage

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.backup.writer import create_snapshot
-from agent.errors import NoRepository, UnsupportedFormat
+from agent.errors import NoRepository, RepositoryError, UnsupportedFormat, WrongPassword
 from agent.pipeline.restore import restore
 from agent.repo.config import CONFIG, init_repository, open_or_init, open_repository
 from agent.repo.crypto import KdfParams
@@ -20,7 +20,7 @@ from agent.repo.repository import Repository
 from agent.settings import MiB, RestoreSettings, SnapshotSettings
 from agent.storage.local import LocalStorage
 from agent.storage.s3 import S3Storage
-from tests.support.cli import ferry
+from tests.support.cli import ferry, password_file
 from tests.support.data import write_mixed_image
 from tests.support.seaweed import SeaweedServer, make_bucket, s3_settings_for
 
@@ -62,7 +62,7 @@ def _restic_layout(root: Path) -> None:
 
 @pytest.mark.parametrize(
     "where",
-    ["missing", "empty", "other files", "etc", "restic", "kopia"],
+    ["missing", "empty", "other files", "etc", "restic", "kopia", "encrypted without its config"],
 )
 def test_every_command_refuses_a_location_without_a_repository(tmp_path: Path, where: str) -> None:
     root = tmp_path / "repo"
@@ -81,20 +81,30 @@ def test_every_command_refuses_a_location_without_a_repository(tmp_path: Path, w
         root.mkdir()
         (root / "kopia.repository.f").write_text("{}")
         expected = "holds a kopia repository, not a Ferry one"
+    elif where == "encrypted without its config":
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src" / "f").write_bytes(b"data")
+        assert ferry("snapshot", "create", "--repo", str(root), str(tmp_path / "src")).returncode == 0
+        (root / CONFIG).unlink()
+        expected = "holds an encrypted Ferry repository whose config object (ferry-repository) is missing"
     for command in [*READERS, ["restore", "--snapshot", "latest", str(tmp_path / "out")]]:
         status, err = _run(command, str(root))
         assert status == 1, (command, err)
         assert expected in err, (command, err)
         assert err.count("\n") == 1, (command, err)
-        if expected.startswith("no Ferry"):
+        if where in ("missing", "empty"):
             assert "`ferry repo init` creates one" in err
+        if where in ("other files", "etc"):
+            assert "it holds other objects" in err
     assert not (tmp_path / "out").exists()
-    if where in ("restic", "kopia", "etc", "other files"):
-        status, err = _run(["repo", "init"], str(root))
-        assert status != 0, err
-        assert expected in err or "holds objects that are not a Ferry repository's" in err, err
-        assert not (root / CONFIG).exists()
-        assert where == "restic" or not (root / "keys").exists(), "a key was stored where no repository was made"
+    if where in ("restic", "kopia", "etc", "other files", "encrypted without its config"):
+        for init in (["repo", "init"], ["repo", "init", "--no-encryption"]):
+            status, err = _run(init, str(root))
+            assert status == 1, err
+            assert expected in err or "holds objects that are not a Ferry repository's" in err, err
+            assert not (root / CONFIG).exists()
+        if where != "encrypted without its config":
+            assert where == "restic" or not (root / "keys").exists(), "a key was stored where no repository was made"
 
 
 @pytest.mark.s3
@@ -139,10 +149,11 @@ def test_an_unencrypted_repository_only_when_asked(tmp_path: Path) -> None:
     status, err = _run(["snapshot", "create", str(tmp_path / "src")], root, env=nopw)
     assert status == 1, err
     assert "`ferry repo init` creates one" in err, err
-    status, err = _run(["repo", "init", "--no-encryption"], root)
+    status, err = _run(["repo", "init", "--no-encryption", "--password-file", password_file()], root)
     assert status == 2, err
     assert "contradict" in err, err
-    assert _run(["repo", "init", "--no-encryption"], root, env=nopw)[0] == 0
+    # FERRY_PASSWORD_FILE (set for these tests) does not overrule the explicit --no-encryption below.
+    assert _run(["repo", "init", "--no-encryption"], root)[0] == 0
     assert _run(["snapshot", "create", str(tmp_path / "src")], root, env=nopw)[0] == 0
     # With a password, nothing is written in the clear (a config swapped for an unencrypted one must not
     # make an agent or a script that expects encryption write plain data); reading is fine.
@@ -233,3 +244,32 @@ async def test_a_repository_config_of_another_kind_is_not_taken_for_ours(tmp_pat
         await open_repository(LocalStorage(str(root)), None, b"pw")
     with pytest.raises(NoRepository, match="not a Ferry repository config"):
         await init_repository(LocalStorage(str(root)), None, b"pw", kdf=CHEAP)
+
+
+def test_forget_says_which_mistake_was_made(tmp_path: Path) -> None:
+    root = str(tmp_path / "repo")
+    assert _run(["repo", "init"], root)[0] == 0
+    cases = {
+        ("--keep-last", "0"): "a policy that keeps nothing would forget every snapshot",
+        ("latest", "--keep-last", "1"): "not both",
+        (): "name the snapshots to forget, or give a policy",
+    }
+    for extra, message in cases.items():
+        status, err = _run(["snapshot", "forget", *extra], root)
+        assert status == 2, (extra, err)
+        assert message in err, (extra, err)
+
+
+async def test_an_altered_config_is_named(tmp_path: Path) -> None:
+    storage = LocalStorage(str(tmp_path / "repo"))
+    await init_repository(storage, None, b"pw", kdf=CHEAP)
+    config = json.loads((tmp_path / "repo" / CONFIG).read_text())
+    config["chunker"]["avgSize"] = 3
+    (tmp_path / "repo" / CONFIG).write_text(json.dumps(config))
+    with pytest.raises(RepositoryError, match=r"chunker sizes .* the config was altered"):
+        await open_repository(storage, None, b"pw")
+    config["chunker"]["avgSize"] = 1024 * 1024
+    config["id"] = "0" * 64
+    (tmp_path / "repo" / CONFIG).write_text(json.dumps(config))
+    with pytest.raises(WrongPassword, match="or the repository's config was altered"):
+        await open_repository(storage, None, b"pw")

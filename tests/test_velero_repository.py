@@ -8,8 +8,10 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+from agent.backup.writer import create_snapshot
 from agent.repo.config import CONFIG
-from agent.settings import S3Settings
+from agent.repo.repository import Repository
+from agent.settings import S3Settings, SnapshotSettings
 from agent.storage.s3 import S3Storage
 from tests.support.cluster import Cluster
 from tests.support.data import tree_differences
@@ -86,3 +88,24 @@ async def test_a_changed_password_is_refused_in_one_line(cluster: Cluster, tmp_p
         assert du["status"]["phase"] == "Failed"
         assert "wrong password" in du["status"]["message"]
         assert "\n" not in du["status"]["message"]
+
+
+async def test_a_format_1_repository_is_not_written_to_until_upgraded(cluster: Cluster, tmp_path: Path) -> None:
+    settings = S3Settings(
+        endpoint_url=cluster.endpoint,
+        region="us-east-1",
+        path_style=True,
+        access_key_id=ACCESS_KEY,
+        secret_access_key=SECRET_KEY,
+    )
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "f").write_bytes(b"written by an earlier Ferry")
+    async with await S3Storage.open(settings, cluster.bucket, "backups/ferry/app") as storage:
+        await create_snapshot(Repository(storage), str(tmp_path / "old"), SnapshotSettings())
+    async with world(cluster, tmp_path) as w:
+        await sample_app(w.sim)
+        backup = await start_backup(cluster.kube)
+        du = await wait_ended(cluster.kube, backup)
+        assert du["status"]["phase"] == "Failed"
+        assert "format 1 Ferry repository" in du["status"]["message"]
+        assert "ferry repo init --no-encryption" in du["status"]["message"]

@@ -107,6 +107,10 @@ class Tracked(Generic[T]):
     """When this agent first worked on the step after the transfer (a hand-over, a cleanup; monotonic)."""
 
 
+OTHERS_MARGIN_S = 2.0
+"""Seconds past the prepare timeout after which agents other than the acceptor fail an Accepted object."""
+
+
 class MoverController(ABC, Generic[T]):
     """The shared machinery; a subclass names its kind (``view``), what exposing means, the transfer and
     what follows it."""
@@ -434,7 +438,7 @@ class MoverController(ABC, Generic[T]):
         """Accepted. The acceptor exposes it (a PVC and a pod), watches the pod (a pod that can never run fails
         it) and, once the pod is scheduled, names its node on the object (``NODE_ANNOTATION``); that node's
         agent, told by the watch, writes Prepared once the kubelet has mounted the volume. Other agents make
-        no API calls for it: they only fail it when the prepare timeout passes (checked first, so that
+        no API calls for it: they only fail it when the prepare timeout and a margin pass (checked first, so that
         failing API calls cannot hold it off) — also what ends an object whose acceptor died, as with
         Velero's own mover."""
         where = self.place(dd)
@@ -443,7 +447,10 @@ class MoverController(ABC, Generic[T]):
             return 0.0
         since = dd.accepted_at or dd.created
         waited = seconds_since(since)
-        left = self.settings.prepare_timeout_s - waited
+        # The acceptor knows what it waits for and says so; the others give it a margin to (they also end
+        # the object of an acceptor that died, a little later).
+        margin = 0.0 if dd.accepted_by == self.me else max(OTHERS_MARGIN_S, 0.1 * self.settings.prepare_timeout_s)
+        left = self.settings.prepare_timeout_s + margin - waited
         if left <= 0:
             await self.finish(
                 dd,

@@ -2,7 +2,7 @@
 
 Structure: every manifest is read (fetched, hashed against its ID, parsed with every field checked), and
 every chunk it refers to must lie inside a pack that exists (one listing of the packs' sizes); in format 2,
-every index object must read and every chunk it places must lie inside a pack that exists. Packs no
+every index object must read (damage otherwise), and chunks it places in packs that are gone are noted. Packs no
 readable snapshot refers to are reported, not as damage: interrupted or forgotten snapshots leave them.
 
 ``read_data``: every chunk a snapshot refers to is read once and verified as a restore verifies it
@@ -49,6 +49,8 @@ class CheckReport:
     unreferenced_bytes: int = 0
     transit_faults: int = 0
     """Reads whose bytes were wrong once and right when read again (the network path, not the store)."""
+    notes: list[str] = field(default_factory=list)
+    """What is not as it should be but loses nothing (the index naming packs that are gone)."""
 
     @property
     def ok(self) -> bool:
@@ -121,9 +123,12 @@ async def _check_index(repo: Repository, sizes: dict[str, int], report: CheckRep
         if rec.offset + rec.stored > sizes.get(pack, -1) and f"pack {pack}" not in named:
             beyond[pack] = beyond.get(pack, 0) + 1
     for pack, count in sorted(beyond.items()):
+        # No snapshot refers to these chunks there (that would be damage, reported above): the index is only
+        # out of date (a pack lost or removed by hand). Writers check packs before reusing anything.
         state = "missing" if pack not in sizes else "too short"
-        report.damage.append(
-            Damage(f"pack {pack}", f"the index places {count} chunks in it, but it is {state}; {_REPAIR}")
+        report.notes.append(
+            f"the index places {count} chunks in pack {pack}, which is {state} (no snapshot refers to them there); "
+            f"{_REPAIR}"
         )
 
 

@@ -35,6 +35,7 @@ from agent.errors import (
     RepositoryError,
     StorageError,
     UnsupportedFormat,
+    WrongPassword,
 )
 from agent.repo.crypto import (
     ENCRYPTION,
@@ -125,6 +126,14 @@ def parse_config(stored: bytes, where: str) -> RepoConfig:
         raise UnsupportedFormat(f"the repository at {where} is encrypted with {config.encryption!r}: upgrade Ferry")
     if algorithm != "fastcdc2020":
         raise UnsupportedFormat(f"the repository at {where} cuts files with {algorithm!r}: upgrade Ferry")
+    sizes = [config.chunker.get(k, 0) for k in ("minSize", "avgSize", "maxSize")]
+    if config.chunker and not (
+        64 * 1024 <= sizes[0] <= sizes[1] <= sizes[2] <= 16 * 1024 * 1024 and not sizes[1] & (sizes[1] - 1)
+    ):
+        raise RepositoryError(
+            f"the config at {where} gives chunker sizes {sizes} that Ferry cannot use (64 KiB <= min <= avg <= max "
+            "<= 16 MiB, avg a power of two): the config was altered"
+        )
     return config
 
 
@@ -133,8 +142,9 @@ async def _exists(storage: Storage, key: str) -> bool:
 
 
 async def describe_location(storage: Storage) -> str:
-    """What is at a location that has no Ferry config: ``ferry1``, ``restic``, ``kopia``, ``other``
-    (objects Ferry does not know) or ``empty``. Raises LocationMissing, StorageError."""
+    """What is at a location that has no Ferry config: ``ferry1``, ``restic``, ``kopia``, ``headless``
+    (an encrypted Ferry repository that lost its config: keys and data), ``other`` (objects Ferry does
+    not know) or ``empty``. Raises LocationMissing, StorageError."""
     await storage.check()
     if await storage.is_empty():
         return "empty"
@@ -142,14 +152,29 @@ async def describe_location(storage: Storage) -> str:
         return "kopia"
     if await _exists(storage, "config") and await _exists(storage, "keys/"):
         return "restic"
-    if await _exists(storage, SNAPSHOTS) or await _exists(storage, PACKS):
-        return "ferry1"
-    if await _exists(storage, KEYS):  # Ferry's keys without a config yet: being created by another writer
-        return "empty"
-    return "other"
+    data = await _exists(storage, SNAPSHOTS) or await _exists(storage, PACKS)
+    if await _exists(storage, KEYS):
+        # Keys and data without a config: the config was lost (format 1 never had keys). Keys alone: a
+        # repository being created by another writer (its config comes next).
+        return "headless" if data else "empty"
+    return "ferry1" if data else "other"
 
 
-def _absent(where: str, what: str) -> NoRepository:
+def _absent(where: str, what: str, creating: bool = False) -> NoRepository:
+    if what == "headless":
+        return NoRepository(
+            f"{where} holds an encrypted Ferry repository whose config object ({CONFIG}) is missing: nothing in it "
+            f"can be opened without it (the keys are bound to the repository ID it holds); put back a copy of "
+            f"{CONFIG} from a backup of the bucket. Do not run `ferry repo init` there: a new config cannot open "
+            "the data"
+        )
+    if what == "other":
+        if creating:
+            return NoRepository(
+                f"{where} holds objects that are not a Ferry repository's: a repository is created at an empty (or "
+                "new) location"
+            )
+        return NoRepository(f"no Ferry repository at {where}: it holds other objects")
     if what == "restic":
         return NoRepository(f"{where} holds a restic repository, not a Ferry one: use restic for it")
     if what == "kopia":
@@ -174,9 +199,12 @@ async def _key_objects(storage: Storage) -> dict[str, KeyObject]:
     for key in keys[: MAX_KEYS * 2]:
         key_id = key[len(KEYS) :]
         try:
-            found[key_id] = parse_key(await storage.get(key, max_bytes=MAX_KEY_OBJECT_BYTES), f"key {key_id}")
+            stored = await storage.get(key, max_bytes=MAX_KEY_OBJECT_BYTES)
+            if _key_id(stored) != key_id:
+                raise RepositoryError("its name is not the hash of its content (a copy, or altered)")
+            found[key_id] = parse_key(stored, f"key {key_id}")
         except (RepositoryError, ObjectNotFound, StorageError) as e:
-            log.warning("key %s of %s is not used: %s", key_id, storage.describe(), e)
+            log.warning("key %s of %s is not used: %s", key_id[:16], storage.describe(), e)
     return found
 
 
@@ -185,11 +213,15 @@ async def _unlock(storage: Storage, config: RepoConfig, password: bytes) -> tupl
     keys = await _key_objects(storage)
     if not keys:
         raise RepositoryError(f"the encrypted repository at {where} has no key that can be read: it cannot be opened")
-    for key_id, key in list(keys.items())[:MAX_KEYS]:
+    # The cheapest first: a key object asking for a costly derivation (written by someone who can write to
+    # the bucket) does not hold up the others.
+    order = sorted(keys.items(), key=lambda kv: (kv[1].params.memory_kib * kv[1].params.iterations, kv[0]))
+    tried = order[:MAX_KEYS]
+    for key_id, key in tried:
         master = await offload(partial(_try_key, key, password, config.id, key_id))
         if master is not None:
             return master, key_id
-    raise wrong_password(where, len(keys))
+    raise wrong_password(where, len(tried), len(keys))
 
 
 def _try_key(key: KeyObject, password: bytes, repository_id: str, key_id: str, stop: object) -> MasterKey | None:
@@ -299,13 +331,8 @@ async def init_repository(
         what = await describe_location(storage)
     except LocationMissing:
         what = "empty"
-    if what in ("restic", "kopia"):
-        raise _absent(where, what)
-    if what == "other":
-        raise ConfigError(
-            f"{where} holds objects that are not a Ferry repository's: a repository is created at an empty (or new) "
-            "location"
-        )
+    if what in ("restic", "kopia", "headless", "other"):
+        raise _absent(where, what, creating=True)
     if what == "ferry1" and password is not None:
         raise ConfigError(
             f"{where} holds a format 1 Ferry repository, whose snapshots are not encrypted and cannot be encrypted "
@@ -332,7 +359,13 @@ async def init_repository(
         if key_id:
             await storage.delete(KEYS + key_id)
         log.info("another writer created the repository at %s first: using theirs", where)
-        return Created(await open_repository(storage, settings, password), created=False)
+        try:
+            return Created(await open_repository(storage, settings, password), created=False)
+        except WrongPassword:
+            raise ConfigError(
+                f"another writer created the repository at {where} at the same moment, with another password: "
+                "give that one"
+            ) from None
     log.info("created %s repository %s at %s", config.encryption, config.id[:16], where)
     repo = Repository(storage, settings, config=config, master=master, key_id=key_id)
     return Created(repo, created=True, upgraded=what == "ferry1")
@@ -375,7 +408,9 @@ class KeyInfo:
 
 
 async def list_keys(repo: Repository) -> list[KeyInfo]:
-    """The repository's keys (an encrypted repository's passwords), oldest first."""
+    """The repository's keys (an encrypted repository's passwords), oldest first. Raises ConfigError for
+    an unencrypted repository."""
+    _require_master(repo)
     keys = await _key_objects(repo.storage)
     found = [KeyInfo(k, v.created, v.host, k == repo.key_id) for k, v in keys.items()]
     return sorted(found, key=lambda k: (k.created, k.id))
@@ -389,24 +424,32 @@ def _require_master(repo: Repository) -> MasterKey:
 
 async def add_key(repo: Repository, password: bytes, kdf: KdfParams | None = None) -> str:
     """Add a password: a new key object sealing the same master key (no data is re-encrypted). Returns
-    its ID. Raises ConfigError for an unencrypted repository, and storage errors."""
-    return await _store_key(repo.storage, _require_master(repo), password, kdf or KdfParams())
+    its ID. Raises ConfigError for an unencrypted repository or one that has ``MAX_KEYS`` keys already
+    (more would not all be tried when opening it), and storage errors."""
+    master = _require_master(repo)
+    existing = await repo.storage.list(KEYS)
+    if len(existing) >= MAX_KEYS:
+        raise ConfigError(
+            f"the repository at {repo.describe()} has {len(existing)} keys: at most {MAX_KEYS} are tried when it is "
+            "opened, so no more can be added; remove some first (`ferry repo key remove`)"
+        )
+    return await _store_key(repo.storage, master, password, kdf or KdfParams())
 
 
 async def remove_key(repo: Repository, prefix: str) -> str:
     """Remove the key whose ID starts with ``prefix`` (at least 4 hex digits). Refuses the key this
     process unlocked with (open with another password to remove it; so the last one can never go).
     Returns the whole ID. Raises ConfigError, and storage errors."""
-    _require_master(repo)
     prefix = prefix.strip().lower()
     keys = await list_keys(repo)
-    found = [k for k in keys if len(prefix) >= 4 and k.id.startswith(prefix)]
-    if len(found) != 1:
-        listed = ", ".join(k.id[:8] for k in keys)
-        raise ConfigError(
-            f"{prefix!r} names {'no' if not found else str(len(found))} key(s) of the repository at "
-            f"{repo.describe()} (give at least 4 digits of one of: {listed})"
-        )
+    listed = ", ".join(k.id[:8] for k in keys)
+    if len(prefix) < 4 or set(prefix) - set("0123456789abcdef"):
+        raise ConfigError(f"{prefix!r} is not a key ID: give at least 4 hexadecimal digits of one of: {listed}")
+    found = [k for k in keys if k.id.startswith(prefix)]
+    if not found:
+        raise ConfigError(f"no key of the repository at {repo.describe()} starts with {prefix} (its keys: {listed})")
+    if len(found) > 1:
+        raise ConfigError(f"{prefix} is the prefix of {len(found)} keys ({listed}): give more digits")
     if found[0].current:
         raise ConfigError(
             f"key {found[0].id[:8]} is the one the password given opens: to remove it, give another password of "

@@ -56,12 +56,10 @@ class KdfParams:
     def check(self) -> None:
         """Refuse costs a key object could use to exhaust the machine (or that are too weak to mean
         anything). Raises RepositoryError."""
-        if not (
-            8 * 1024 <= self.memory_kib <= 4 * 1024 * 1024 and 1 <= self.iterations <= 64 and 1 <= self.lanes <= 64
-        ):
+        if not (8 * 1024 <= self.memory_kib <= 1024 * 1024 and 1 <= self.iterations <= 16 and 1 <= self.lanes <= 16):
             raise RepositoryError(
                 f"a key asks for Argon2id with {self.memory_kib} KiB, {self.iterations} passes and {self.lanes} "
-                "lanes: outside what Ferry accepts (8 MiB to 4 GiB, 1 to 64 passes, 1 to 64 lanes)"
+                "lanes: outside what Ferry accepts (8 MiB to 1 GiB, 1 to 16 passes, 1 to 16 lanes)"
             )
 
 
@@ -213,8 +211,9 @@ def unlock(key: KeyObject, password: bytes, repository_id: str, what: str) -> Ma
     return MasterKey(repository_id, data, chunk)
 
 
-def wrong_password(where: str, keys: int) -> WrongPassword:
+def wrong_password(where: str, tried: int, keys: int) -> WrongPassword:
+    which = f"any of the {keys} key(s)" if tried == keys else f"any of the {tried} keys tried (of {keys})"
     return WrongPassword(
-        f"the password does not open any of the {keys} key(s) of the repository at {where}: wrong password "
-        "(--password-file / FERRY_PASSWORD_FILE)"
+        f"the password does not open {which} of the repository at {where}: wrong password "
+        "(--password-file / FERRY_PASSWORD_FILE), or the repository's config was altered"
     )

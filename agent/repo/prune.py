@@ -12,7 +12,8 @@ Prune is a two-phase mark and sweep with a grace period, as kopia's (docs/FORMAT
    listed in a new mark. Writers never reuse a chunk of a marked pack (``marked_packs``).
 2. **Sweep** (a later run): a mark older than the grace period, and older than every running writer's
    start, is swept: each of its packs that a manifest refers to by now (a writer that had read the index
-   before the mark reused it) is kept, the others are deleted; then the mark is.
+   before the mark reused it) is kept, the others are deleted: first out of the index (merged into one
+   object), then from storage, then the mark, so a prune stopped anywhere leaves nothing inconsistent.
 
 Why this loses nothing: a writer either started after the mark was written (it read the marks and reuses
 nothing in them), or before (its lock holds the sweep back until it has ended, and then its manifest
@@ -41,7 +42,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
 from agent.aio.taskgroups import task_group
-from agent.errors import ConfigError, FerryError, ObjectNotFound, RepositoryError, StorageError
+from agent.errors import ConfigError, FerryError, NoRepository, ObjectNotFound, RepositoryError, StorageError
 from agent.repo.index import Index, read_index, read_trailer, write_index
 from agent.repo.repository import PACKS, Repository, pack_key, summary_of
 
@@ -194,11 +195,11 @@ async def _prune_lock(repo: Repository, now: float) -> AsyncIterator[None]:
 
 async def prune(repo: Repository, *, grace_s: float = DEFAULT_GRACE_S, dry_run: bool = False) -> PruneReport:
     """Mark unreferenced packs and sweep old marks (module docstring). ``dry_run``: report what would be
-    done, change nothing. Raises ConfigError (an unencrypted format 1 repository, another prune running),
+    done, change nothing. Raises NoRepository (a format 1 repository), ConfigError (another prune running),
     RepositoryError (a manifest cannot be read) and storage errors."""
     if repo.config is None:
-        raise ConfigError(
-            f"{repo.describe()} has no Ferry config (format 1): `ferry repo init --no-encryption` upgrades it, "
+        raise NoRepository(
+            f"{repo.describe()} holds a format 1 Ferry repository: `ferry repo init --no-encryption` upgrades it, "
             "then it can be pruned"
         )
     if grace_s < 0:
@@ -227,6 +228,7 @@ async def _prune(repo: Repository, report: PruneReport, now: float, grace_s: flo
     report.stored_bytes = sum(max(0, i.size) for i in packs.values())
     deleted: set[str] = set()
     pending: set[str] = set()
+    swept: list[str] = []
     for key, info in sorted((await repo.storage.info(GARBAGE)).items()):
         try:
             listed = _read_mark(await repo.storage.get(key, max_bytes=_MAX_MARK_BYTES))
@@ -234,8 +236,7 @@ async def _prune(repo: Repository, report: PruneReport, now: float, grace_s: flo
             continue
         except RepositoryError as e:
             report.notes.append(f"{key}: {e}; deleted" if not dry_run else f"{key}: {e}")
-            if not dry_run:
-                await repo.storage.delete(key)
+            swept.append(key)
             continue
         if info.modified > now - grace_s or info.modified > oldest_writer:
             pending.update(p for p in listed if p in packs)
@@ -243,15 +244,12 @@ async def _prune(repo: Repository, report: PruneReport, now: float, grace_s: flo
         for name in listed:
             if name in referenced:
                 report.kept_packs += 1
-            elif name in packs:
+            elif name in packs and name not in deleted:
                 report.deleted_packs += 1
                 report.deleted_bytes += max(0, packs[name].size)
                 deleted.add(name)
-                if not dry_run:
-                    await repo.storage.delete(pack_key(name))
-        if not dry_run:
-            await repo.storage.delete(key)
-    report.pending_packs = len(pending)
+        swept.append(key)
+    report.pending_packs = len(pending - deleted)
     newest = min(now - grace_s, oldest_writer)
     candidates = sorted(
         name
@@ -266,8 +264,17 @@ async def _prune(repo: Repository, report: PruneReport, now: float, grace_s: flo
             await repo.storage.put(f"{GARBAGE}{secrets.token_hex(16)}", body)
     index = await read_index(repo)
     report.index_objects = (len(index.objects), len(index.objects))
-    if (deleted or len(index.objects) > 1 or index.unreadable) and not dry_run:
+    if dry_run:
+        return
+    # The index first, without the packs about to go; then the packs; then the marks. Stopped anywhere in
+    # between, nothing names a pack that is gone but a mark (which the next run sweeps again), and writers
+    # reuse nothing of a pack a mark still lists.
+    if deleted or len(index.objects) > 1 or index.unreadable:
         report.index_objects = (len(index.objects), await _compact(repo, index, set(packs) - deleted))
+    for name in sorted(deleted):
+        await repo.storage.delete(pack_key(name))
+    for key in swept:
+        await repo.storage.delete(key)
 
 
 async def _referenced(repo: Repository, report: PruneReport) -> set[str]:
@@ -319,7 +326,10 @@ async def repair_index(repo: Repository) -> RepairReport:
     manifest refers to), then replace every index object there was with the one written. Raises
     ConfigError for a format 1 repository, and storage errors."""
     if repo.config is None:
-        raise ConfigError(f"{repo.describe()} has no index (format 1): `ferry repo init --no-encryption` upgrades it")
+        raise NoRepository(
+            f"{repo.describe()} holds a format 1 Ferry repository (no index): `ferry repo init --no-encryption` "
+            "upgrades it"
+        )
     report = RepairReport()
     old = await repo.storage.list("index/")
     sizes = await repo.pack_sizes()

@@ -185,7 +185,8 @@ class LocalStorage(Storage):
         except OSError as e:
             raise StorageError(f"cannot read the repository at {self.describe()}: {e.strerror}") from e
         if not stat.S_ISDIR(mode):
-            raise StorageError(f"there is no repository at {self.describe()}: it is {_kind(mode)}, not a directory")
+            kind = "a file" if stat.S_ISREG(mode) else _kind(mode)
+            raise StorageError(f"there is no repository at {self.describe()}: it is {kind}, not a directory")
 
     async def list(self, prefix: str) -> list[str]:
         return await asyncio.to_thread(self._list, prefix)
