@@ -275,10 +275,16 @@ async def test_keys_are_tried_cheapest_first_and_at_most_64_exist(tmp_path: Path
     repo = await _encrypted(tmp_path / "repo")
     # A key someone who can write to the bucket put there, as costly as Ferry accepts (1 GiB, 16 passes):
     # it would take minutes; the right password must not wait for it.
-    costly = json.loads(next((tmp_path / "repo" / "keys").iterdir()).read_text())
+    (real,) = (tmp_path / "repo" / "keys").iterdir()
+    costly = json.loads(real.read_text())
     costly["kdf"].update(memoryKiB=1024 * 1024, iterations=16, lanes=1)
-    stored = json.dumps(costly).encode()
-    (tmp_path / "repo" / "keys" / blake3.blake3(stored).hexdigest()).write_bytes(stored)
+    for n in range(1000):  # named (by its hash) to sort before the real key: tried first in name order
+        costly["host"] = f"planted {n}"
+        stored = json.dumps(costly).encode()
+        name = blake3.blake3(stored).hexdigest()
+        if name < real.name:
+            break
+    (tmp_path / "repo" / "keys" / name).write_bytes(stored)
     opened = await asyncio.wait_for(open_repository(LocalStorage(str(tmp_path / "repo")), None, PASSWORD), 30)
     assert opened.master == repo.master
     for n in range(62):

@@ -69,20 +69,28 @@ async def writer_lock(repo: Repository) -> AsyncIterator[None]:
         yield
         return
     key = f"{LOCKS}writer-{secrets.token_hex(8)}"
-    started = time.time()
-    await repo.storage.put(key, _lock_body(started))
+    body = _lock_body(time.time())
+    await repo.storage.put(key, body)
+    async with _held(repo, key, body):
+        yield
+
+
+@asynccontextmanager
+async def _held(repo: Repository, key: str, body: bytes) -> AsyncIterator[None]:
+    """While the block runs, rewrite the lock ``key`` every ``REFRESH_S`` (so it never looks stale); delete
+    it when the block ends, however it ends."""
 
     async def refresh() -> None:
         while True:
             await asyncio.sleep(REFRESH_S)
             try:
-                await repo.storage.put(key, _lock_body(started))
+                await repo.storage.put(key, body)
             except StorageError as e:  # the next one may succeed; a stale lock is covered (module docstring)
-                log.warning("could not refresh the writer lock in %s: %s", repo.describe(), e)
+                log.warning("could not refresh the lock %s in %s: %s", key, repo.describe(), e)
 
     try:
         async with task_group() as tg:
-            refresher = tg.create_task(refresh(), name="refresh writer lock")
+            refresher = tg.create_task(refresh(), name=f"refresh {key}")
             try:
                 yield
             finally:
@@ -174,23 +182,8 @@ async def _prune_lock(repo: Repository, now: float) -> AsyncIterator[None]:
         await repo.storage.delete(PRUNE_LOCK)  # stale: that prune is gone
         if not await repo.storage.put_new(PRUNE_LOCK, body):
             raise ConfigError(f"another prune of {repo.describe()} started just now; try again once it has ended")
-
-    async def refresh() -> None:
-        while True:
-            await asyncio.sleep(REFRESH_S)
-            with suppress(StorageError):
-                await repo.storage.put(PRUNE_LOCK, body)
-
-    try:
-        async with task_group() as tg:
-            refresher = tg.create_task(refresh(), name="refresh prune lock")
-            try:
-                yield
-            finally:
-                refresher.cancel()
-    finally:
-        with suppress(StorageError):
-            await asyncio.shield(repo.storage.delete(PRUNE_LOCK))
+    async with _held(repo, PRUNE_LOCK, body):
+        yield
 
 
 async def prune(repo: Repository, *, grace_s: float = DEFAULT_GRACE_S, dry_run: bool = False) -> PruneReport:
