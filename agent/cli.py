@@ -487,7 +487,6 @@ async def cmd_snapshot_ls(args: argparse.Namespace) -> int:
 
 async def cmd_repo_stats(args: argparse.Namespace) -> int:
     async def body(repo: Repository) -> int:
-        await repo.storage.check()
         st = await repository_stats(repo)
         for snapshot_id in st.unreadable:
             sys.stderr.write(f"ferry: snapshot {snapshot_id} cannot be read: not counted\n")
@@ -518,7 +517,6 @@ async def cmd_repo_stats(args: argparse.Namespace) -> int:
 
 async def cmd_repo_check(args: argparse.Namespace) -> int:
     async def body(repo: Repository) -> int:
-        await repo.storage.check()
         bar = ProgressBar("read data", sys.stderr)
         report = await check_repository(repo, read_data=args.read_data, progress=bar)
         lines = [f"damaged: {d}" for d in report.damage]
@@ -561,7 +559,6 @@ async def cmd_snapshot_forget(args: argparse.Namespace) -> int:
         check_reference(reference)
 
     async def body(repo: Repository) -> int:
-        await repo.storage.check()
         keep: dict[str, list[str]] = {}
         unreadable: list[str] = []
         if args.snapshots:

@@ -31,10 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.storage.s3 import S3Storage
 from bench.measure import Measured, cold, machine, summary
 from bench.suite import PYTHON, ROOT, FerryRepo
 from bench.workloads import Workload, write_mixed_file
-from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, make_bucket
+from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, make_bucket, s3_settings_for
 
 RESULTS = Path(__file__).parent / "results"
 MiB = 1024 * 1024
@@ -52,17 +53,7 @@ def _stored(server: SeaweedServer, bucket: str, prefix: str) -> int:
     """Bytes of the repository's packs, from the bucket listing."""
 
     async def total() -> int:
-        from agent.settings import S3Settings  # noqa: PLC0415
-        from agent.storage.s3 import S3Storage  # noqa: PLC0415
-
-        s3 = S3Settings(
-            endpoint_url=server.endpoint,
-            region="us-east-1",
-            path_style=True,
-            access_key_id=ACCESS_KEY,
-            secret_access_key=SECRET_KEY,
-        )
-        async with await S3Storage.open(s3, bucket, prefix) as storage:
+        async with await S3Storage.open(s3_settings_for(server), bucket, prefix) as storage:
             return sum(max(0, s) for s in (await storage.sizes("packs/")).values())
 
     return asyncio.run(total())

@@ -11,13 +11,12 @@ from pathlib import Path
 from agent.backup.writer import create_snapshot
 from agent.repo.config import CONFIG
 from agent.repo.repository import Repository
-from agent.settings import S3Settings, SnapshotSettings
+from agent.settings import SnapshotSettings
 from agent.storage.s3 import S3Storage
 from tests.support.cluster import Cluster
 from tests.support.data import tree_differences
-from tests.support.seaweed import ACCESS_KEY, SECRET_KEY
 from tests.support.velero import NS, world
-from tests.support.velero_backup import sample_app, start_backup, stored_tree, wait_ended
+from tests.support.velero_backup import cluster_s3, sample_app, start_backup, stored_tree, wait_ended
 
 
 def _set_password(cluster: Cluster, password: bytes) -> None:
@@ -41,13 +40,7 @@ async def test_backups_create_an_encrypted_repository_that_restores_open(cluster
 
 
 async def _config(cluster: Cluster) -> bytes:
-    settings = S3Settings(
-        endpoint_url=cluster.endpoint,
-        region="us-east-1",
-        path_style=True,
-        access_key_id=ACCESS_KEY,
-        secret_access_key=SECRET_KEY,
-    )
+    settings = cluster_s3(cluster)
     async with await S3Storage.open(settings, cluster.bucket, "backups/ferry/app") as storage:
         return await storage.get(CONFIG)
 
@@ -91,13 +84,7 @@ async def test_a_changed_password_is_refused_in_one_line(cluster: Cluster, tmp_p
 
 
 async def test_a_format_1_repository_is_not_written_to_until_upgraded(cluster: Cluster, tmp_path: Path) -> None:
-    settings = S3Settings(
-        endpoint_url=cluster.endpoint,
-        region="us-east-1",
-        path_style=True,
-        access_key_id=ACCESS_KEY,
-        secret_access_key=SECRET_KEY,
-    )
+    settings = cluster_s3(cluster)
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "f").write_bytes(b"written by an earlier Ferry")
     async with await S3Storage.open(settings, cluster.bucket, "backups/ferry/app") as storage:

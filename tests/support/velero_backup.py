@@ -334,18 +334,22 @@ async def backup_cleaned_up(sim: SimCluster, backup: Backup, timeout: float = 30
     assert sim.storage_snapshots() == set(), "storage snapshots left behind"
 
 
-async def stored_tree(cluster: Cluster, du: Obj, target: Path) -> Path:
-    """Restore the DataUpload's snapshot straight from the repository into ``target`` (no cluster): what
-    the backup stored, to compare with what the volume held."""
-    settings = S3Settings(
+def cluster_s3(cluster: Cluster) -> S3Settings:
+    """S3 settings for the cluster's bucket, as the command line reaches it (no cluster)."""
+    return S3Settings(
         endpoint_url=cluster.endpoint,
         region="us-east-1",
         path_style=True,
         access_key_id=ACCESS_KEY,
         secret_access_key=SECRET_KEY,
     )
+
+
+async def stored_tree(cluster: Cluster, du: Obj, target: Path) -> Path:
+    """Restore the DataUpload's snapshot straight from the repository into ``target`` (no cluster): what
+    the backup stored, to compare with what the volume held."""
     prefix = velero_repository_prefix("backups", du["spec"]["sourceNamespace"])
-    storage = await S3Storage.open(settings, cluster.bucket, prefix)
+    storage = await S3Storage.open(cluster_s3(cluster), cluster.bucket, prefix)
     try:
         repo = await open_repository(storage, None, REPOSITORY_PASSWORD)
         await restore(repo, du["status"]["snapshotID"], str(target), RestoreSettings())
