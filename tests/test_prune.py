@@ -334,3 +334,20 @@ async def test_a_prune_stopped_while_it_deletes_packs_leaves_no_damage(tmp_path:
     assert swept.deleted_packs > 0
     await _restores(repo, kept.snapshot_id, (tmp_path / "a.img").read_bytes(), tmp_path / "out.img")
     assert not (await check_repository(repo)).damage
+
+
+def test_local_puts_and_deletes_in_one_directory_at_once_never_fail(tmp_path: Path) -> None:
+    """A delete removes the directory it empties; a put into it at that moment could fail with "File
+    exists" from makedirs (seen as a prune lock that could not be written, in the race test above)."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    storage = LocalStorage(str(tmp_path / "repo"))
+
+    def churn(n: int) -> None:
+        for i in range(300):
+            storage._put(f"locks/{n}-{i}", b"x")
+            storage._delete(f"locks/{n}-{i}")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(churn, range(4), timeout=120))
+    assert not (tmp_path / "repo" / "locks").exists()

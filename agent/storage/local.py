@@ -25,6 +25,20 @@ def _kind(mode: int) -> str:
     return "a device node" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
 
 
+def _create_in(directory: str, path: str) -> int:
+    """Create ``path`` (exclusively) in ``directory``, making the directory first. A delete of the last
+    object in it removes the emptied directory (``_delete``), possibly between the two steps, and even in
+    the middle of ``makedirs`` (which then raises FileExistsError for a directory that is gone): try again."""
+    for attempt in range(8):
+        try:
+            os.makedirs(directory, exist_ok=True)
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except (FileNotFoundError, FileExistsError):
+            if attempt == 7:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class LocalStorage(Storage):
     """Objects are files under ``root``; a put writes a temporary file, fsyncs and renames it; a delete
     removes directories it empties. Reads open objects without blocking (a FIFO where an object should
@@ -108,12 +122,7 @@ class LocalStorage(Storage):
         directory = os.path.dirname(path)
         tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
         try:
-            os.makedirs(directory, exist_ok=True)
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            except FileNotFoundError:  # a delete removed the emptied directory meanwhile
-                os.makedirs(directory, exist_ok=True)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = _create_in(directory, tmp)
             try:
                 view = memoryview(data)
                 while view:
