@@ -6,6 +6,7 @@ through kubernetes_asyncio where the client can express the request and raw HTTP
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,11 +14,18 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes_asyncio import client
+from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.support.kube import KubeServer, velero_crds
-from tests.support.kube.clients import api_client, backup_storage_location, data_download, raw_session
+from tests.support.kube.clients import (
+    STORAGE_LOCATION_LABEL,
+    api_client,
+    backup,
+    backup_storage_location,
+    data_download,
+    raw_session,
+)
 
 G, V, NS, DD = "velero.io", "v2alpha1", "velero", "datadownloads"
 VELERO_CRDS = Path(__file__).resolve().parents[2] / "shared/velero/crds"
@@ -114,10 +122,11 @@ async def test_core_discovery_lists_builtins_and_their_status_subresources(api: 
 
 async def test_apis_lists_the_crd_groups(api: client.ApiClient) -> None:
     groups = (await client.ApisApi(api).get_api_versions()).groups
-    assert [g.name for g in groups] == ["snapshot.storage.k8s.io", "storage.k8s.io", "velero.io"]
-    assert {v.version for v in groups[1].versions} == {"v1"}
-    assert {v.version for v in groups[2].versions} == {"v1", "v2alpha1"}
-    assert groups[2].preferred_version.version == "v1"
+    assert [g.name for g in groups] == ["coordination.k8s.io", "snapshot.storage.k8s.io", "storage.k8s.io", "velero.io"]
+    assert {v.version for v in groups[0].versions} == {"v1"}
+    assert {v.version for v in groups[2].versions} == {"v1"}
+    assert {v.version for v in groups[3].versions} == {"v1", "v2alpha1"}
+    assert groups[3].preferred_version.version == "v1"
 
 
 async def test_velero_discovery_without_status_subresource(custom: client.CustomObjectsApi) -> None:
@@ -127,9 +136,10 @@ async def test_velero_discovery_without_status_subresource(custom: client.Custom
     assert dd.namespaced
     assert dd.kind == "DataDownload"
     assert sorted(dd.verbs) == ["create", "delete", "get", "list", "patch", "update", "watch"]
-    bsl = (await custom.get_api_resources(G, "v1")).resources
-    assert [(r.name, r.kind, r.short_names) for r in bsl] == [
-        ("backupstoragelocations", "BackupStorageLocation", ["bsl"])
+    v1 = (await custom.get_api_resources(G, "v1")).resources
+    assert [(r.name, r.kind, r.short_names) for r in v1] == [
+        ("backupstoragelocations", "BackupStorageLocation", ["bsl"]),
+        ("backups", "Backup", None),
     ]
 
 
@@ -579,6 +589,81 @@ async def test_cluster_scoped_builtins_live_outside_namespaces(core: client.Core
     assert pv.metadata.namespace is None
     assert pv.status.phase == "Pending"
     assert [p.metadata.name for p in (await core.list_persistent_volume()).items] == ["pv1"]
+
+
+# -- Velero Backups (velero.io/v1, no subresources) -----------------------------------------------------
+
+
+async def test_backups_are_listed_and_watched_by_storage_location_label_and_deleted(
+    kube: KubeServer, custom: client.CustomObjectsApi
+) -> None:
+    created = await custom.create_namespaced_custom_object(G, "v1", NS, "backups", backup("b1"))
+    assert kube.requests[-1].status == 201
+    assert created["metadata"]["generation"] == 1
+    assert created["spec"]["storageLocation"] == "default"
+    await custom.create_namespaced_custom_object(G, "v1", NS, "backups", backup("b2", storage_location="other"))
+    selector = f"{STORAGE_LOCATION_LABEL}=default"
+    listed = await custom.list_namespaced_custom_object(G, "v1", NS, "backups", label_selector=selector)
+    assert listed["kind"] == "BackupList"
+    assert [b["metadata"]["name"] for b in listed["items"]] == ["b1"]
+    async with watch.Watch() as w:
+        stream = w.stream(
+            custom.list_namespaced_custom_object,
+            G,
+            "v1",
+            NS,
+            "backups",
+            label_selector=selector,
+            resource_version=listed["metadata"]["resourceVersion"],
+        )
+        await custom.delete_namespaced_custom_object(G, "v1", NS, "backups", "b2")  # another location: not seen
+        deleted = await custom.delete_namespaced_custom_object(G, "v1", NS, "backups", "b1")
+        assert deleted["metadata"]["uid"] == created["metadata"]["uid"]
+        async with asyncio.timeout(5):
+            event = await anext(aiter(stream))
+    assert (event["type"], event["object"]["metadata"]["name"]) == ("DELETED", "b1")
+    with pytest.raises(ApiException) as raised:
+        await custom.get_namespaced_custom_object(G, "v1", NS, "backups", "b1")
+    assert assert_status(raised.value, 404, "NotFound")["message"] == 'backups.velero.io "b1" not found'
+
+
+async def test_backup_status_is_written_with_the_object_and_validated(custom: client.CustomObjectsApi) -> None:
+    await custom.create_namespaced_custom_object(G, "v1", NS, "backups", backup("b"))
+    status = {
+        "phase": "Completed",
+        "startTimestamp": "2025-01-02T03:04:05Z",
+        "completionTimestamp": "2025-01-02T03:05:05Z",
+        "expiration": "2025-02-01T03:04:05Z",
+        "progress": {"itemsBackedUp": 3, "totalItems": 3},
+    }
+    written = await custom.patch_namespaced_custom_object(
+        G, "v1", NS, "backups", "b", {"status": status}, _content_type="application/merge-patch+json"
+    )
+    assert written["status"] == status
+    assert written["metadata"]["generation"] == 2  # no /status subresource: the status is part of the object
+    with pytest.raises(ApiException) as raised:
+        await custom.get_namespaced_custom_object_status(G, "v1", NS, "backups", "b")
+    assert_status(raised.value, 404, "NotFound")
+    with pytest.raises(ApiException) as raised:
+        await custom.patch_namespaced_custom_object(
+            G, "v1", NS, "backups", "b", {"status": {"phase": "Running"}}, _content_type="application/merge-patch+json"
+        )
+    causes = assert_status(raised.value, 422, "Invalid")["details"]["causes"]
+    assert [(c["field"], c["reason"]) for c in causes] == [("status.phase", "FieldValueNotSupported")]
+
+
+async def test_backup_hook_commands_need_at_least_one_item(custom: client.CustomObjectsApi) -> None:
+    hook = {"name": "freeze", "pre": [{"exec": {"command": []}}]}
+    with pytest.raises(ApiException) as raised:
+        await custom.create_namespaced_custom_object(G, "v1", NS, "backups", backup("b", hooks={"resources": [hook]}))
+    [cause] = assert_status(raised.value, 422, "Invalid")["details"]["causes"]
+    assert cause["field"] == "spec.hooks.resources[0].pre[0].exec.command"
+    assert cause["message"].endswith("should have at least 1 items")
+    hook["pre"] = [{"exec": {"command": ["/sbin/fsfreeze", "--freeze", "/data"]}}]
+    created = await custom.create_namespaced_custom_object(
+        G, "v1", NS, "backups", backup("b", hooks={"resources": [hook]})
+    )
+    assert created["spec"]["hooks"]["resources"][0]["pre"][0]["exec"]["command"][0] == "/sbin/fsfreeze"
 
 
 # -- refusals -----------------------------------------------------------------------------------------

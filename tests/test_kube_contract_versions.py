@@ -2,7 +2,8 @@
 
 The expected shapes are restated here from Velero's releases (not derived from ``crds.py``), so a slip in
 either place fails: which DataDownload fields each release keeps, and which it prunes without an error
-(``acceptedByNode`` on 1.14 and 1.15 above all: the status write succeeds and the field is gone)."""
+(``acceptedByNode`` on 1.14 and 1.15 above all: the status write succeeds and the field is gone), and which
+Backup fields and phases each release has."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.support.kube import KubeServer, velero_crds
-from tests.support.kube.clients import api_client, backup_storage_location, data_download
+from tests.support.kube.clients import api_client, backup, backup_storage_location, data_download
 from tests.support.kube.crds import VELERO_VERSIONS
 
 G, V, NS, DD = "velero.io", "v2alpha1", "velero", "datadownloads"
@@ -81,9 +82,10 @@ def test_versions_are_the_supported_releases_and_the_default_is_the_newest() -> 
         "datadownloads",
         "datauploads",
         "backupstoragelocations",
+        "backups",
     ]
     without = [c["spec"]["names"]["plural"] for c in velero_crds(data_uploads=False)]
-    assert without == ["datadownloads", "backupstoragelocations"]
+    assert without == ["datadownloads", "backupstoragelocations", "backups"]
 
 
 @pytest.mark.parametrize("unknown", ["1.13", "1.19", "v1.18", "1.18.0", ""])
@@ -176,6 +178,33 @@ async def test_backup_storage_location_shape_per_release(version: str, custom_at
         assert created["spec"]["objectStorage"]["caCertRef"] == {"name": "ca", "key": "ca.crt"}
     else:
         assert "caCertRef" not in created["spec"]["objectStorage"]
+
+
+async def test_backup_fields_per_release(version: str, custom_at: client.CustomObjectsApi) -> None:
+    body = backup("b", volumeGroupSnapshotLabelKey="velero.io/volume-group")
+    body["status"] = {"phase": "InProgress", "queuePosition": 2}
+    created = await custom_at.create_namespaced_custom_object(G, "v1", NS, "backups", body)
+    assert created["metadata"]["generation"] == 1
+    newer = version not in ("1.14", "1.15", "1.16")
+    assert ("volumeGroupSnapshotLabelKey" in created["spec"]) is newer  # 1.17 on
+    expected_status = {"phase": "InProgress", "queuePosition": 2} if version == "1.18" else {"phase": "InProgress"}
+    assert created["status"] == expected_status
+
+
+@pytest.mark.parametrize("phase", ["Queued", "ReadyToStart"])
+async def test_backup_queue_phases_exist_from_1_18(
+    version: str, custom_at: client.CustomObjectsApi, phase: str
+) -> None:
+    await custom_at.create_namespaced_custom_object(G, "v1", NS, "backups", backup("b"))
+    patch = {"status": {"phase": phase}}
+    if version == "1.18":
+        written = await custom_at.patch_namespaced_custom_object(G, "v1", NS, "backups", "b", patch, **MERGE)
+        assert written["status"]["phase"] == phase
+        return
+    with pytest.raises(ApiException) as raised:
+        await custom_at.patch_namespaced_custom_object(G, "v1", NS, "backups", "b", patch, **MERGE)
+    assert raised.value.status == 422
+    assert "status.phase" in str(raised.value.body)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ names excess grants."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -11,9 +13,12 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.leaderelection.electionconfig import Config
+from kubernetes_asyncio.leaderelection.leaderelection import LeaderElection
+from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
 from tests.support.kube import KubeServer
-from tests.support.kube.clients import api_client, data_download, raw_session
+from tests.support.kube.clients import STORAGE_LOCATION_LABEL, api_client, backup, data_download, raw_session
 from tests.support.kube.rbac import (
     Attributes,
     Authorizer,
@@ -29,6 +34,9 @@ RBAC_YAML = Path(__file__).resolve().parent / "fixtures" / "rbac-sample.yaml"
 FERRY = "system:serviceaccount:velero:ferry"
 G, V, NS, DD = "velero.io", "v2alpha1", "velero", "datadownloads"
 DD_PATH = f"/apis/{G}/{V}/namespaces/{NS}/{DD}"
+COORDINATION = "coordination.k8s.io"
+LEASES_PATH = f"/apis/{COORDINATION}/v1/namespaces/{NS}/leases"
+BACKUPS_PATH = f"/apis/{G}/v1/namespaces/{NS}/backups"
 
 
 def attrs(method: str, path: str, user: str = FERRY, **query: str) -> Attributes:
@@ -97,6 +105,19 @@ def dd_rule(verbs: list[str], resources: list[str] | None = None, **extra: Any) 
         ("PUT", "/api/v1/namespaces/velero/status", {}, ("update", "", "namespaces", "status", "velero", "velero")),
         ("GET", "/api/v1/namespaces/app/pods", {}, ("list", "", "pods", "", "app", "")),
         ("GET", f"/apis/{G}/{V}/watch/namespaces/{NS}/{DD}", {}, ("watch", G, DD, "", NS, "")),
+        ("GET", f"{LEASES_PATH}/ferry", {}, ("get", COORDINATION, "leases", "", NS, "ferry")),
+        ("POST", LEASES_PATH, {"pretty": "True"}, ("create", COORDINATION, "leases", "", NS, "")),
+        ("PUT", f"{LEASES_PATH}/ferry", {}, ("update", COORDINATION, "leases", "", NS, "ferry")),
+        ("GET", LEASES_PATH, {}, ("list", COORDINATION, "leases", "", NS, "")),
+        ("GET", f"/apis/{COORDINATION}/v1/leases", {}, ("list", COORDINATION, "leases", "", "", "")),
+        (
+            "GET",
+            BACKUPS_PATH,
+            {"labelSelector": f"{STORAGE_LOCATION_LABEL}=default"},
+            ("list", G, "backups", "", NS, ""),
+        ),
+        ("GET", BACKUPS_PATH, {"watch": "true"}, ("watch", G, "backups", "", NS, "")),
+        ("DELETE", f"{BACKUPS_PATH}/b", {}, ("delete", G, "backups", "", NS, "b")),
     ],
 )
 def test_request_attributes_follow_the_apiserver(
@@ -294,6 +315,29 @@ def test_a_binding_to_a_missing_role_denies_with_the_reason() -> None:
     assert decision.reason == 'RBAC: role.rbac.authorization.k8s.io "gone" not found'
 
 
+def test_leases_and_backups_are_plain_resources_of_their_groups() -> None:
+    lease_rule = {"apiGroups": [COORDINATION], "resources": ["leases"], "verbs": ["get", "list", "create", "update"]}
+    backup_rule = {"apiGroups": [G], "resources": ["backups"], "verbs": ["get", "list"]}
+    authorizer = rbac(role("r", [lease_rule, backup_rule], NS), binding("Role", "r", NS))
+    for method, path in [
+        ("GET", f"{LEASES_PATH}/l"),
+        ("GET", LEASES_PATH),
+        ("POST", LEASES_PATH),
+        ("PUT", f"{LEASES_PATH}/l"),
+    ]:
+        assert allowed(authorizer, method, path), (method, path)
+    for method, path in [("PATCH", f"{LEASES_PATH}/l"), ("DELETE", f"{LEASES_PATH}/l")]:
+        assert not allowed(authorizer, method, path), (method, path)
+    assert not allowed(authorizer, "GET", LEASES_PATH, watch="1")
+    assert not allowed(authorizer, "GET", f"/apis/{COORDINATION}/v1/namespaces/kube-system/leases/l")
+    assert not allowed(authorizer, "GET", f"/apis/{G}/v1/namespaces/{NS}/leases/l")  # leases of another group
+    assert allowed(authorizer, "GET", BACKUPS_PATH, labelSelector=f"{STORAGE_LOCATION_LABEL}=default")
+    assert allowed(authorizer, "GET", f"{BACKUPS_PATH}/b")
+    assert not allowed(authorizer, "GET", BACKUPS_PATH, watch="1")
+    assert not allowed(authorizer, "POST", BACKUPS_PATH)
+    assert not allowed(authorizer, "GET", f"/apis/{COORDINATION}/v1/namespaces/{NS}/backups")  # wrong group
+
+
 @pytest.mark.parametrize(
     ("documents", "message"),
     [
@@ -463,3 +507,90 @@ def test_excess_grants_names_unused_verbs_and_resources_of_used_rules() -> None:
         'Role velero/r rule 1: verb "*" on * was used only for delete',
     ]
     assert usage.denied == []
+
+
+async def test_leader_election_needs_get_create_and_update_on_leases_only(kube: KubeServer, tmp_path: Path) -> None:
+    """kubernetes_asyncio's LeaseLock reads (get), creates (create) and replaces (update) its Lease: nothing else.
+    Listing Backups by storage location needs list on backups."""
+    authorizer = rbac(
+        role(
+            "ferry-leader",
+            [
+                {"apiGroups": [COORDINATION], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+                {"apiGroups": [G], "resources": ["backups"], "verbs": ["list"]},
+            ],
+            NS,
+        ),
+        binding("Role", "ferry-leader", NS),
+    )
+    usage = RbacUsage()
+    path = kube.write_kubeconfig(tmp_path / "kubeconfig", NS, user=FERRY, rbac=authorizer, usage=usage)
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=str(path), client_configuration=configuration)
+    elected = asyncio.Event()
+
+    async def started_leading() -> None:
+        elected.set()
+
+    async def stopped_leading() -> None:
+        pass
+
+    async with client.ApiClient(configuration) as api:
+        lock = LeaseLock("ferry-leader", NS, "node-a", api)
+        election = LeaderElection(Config(lock, 3, 1.5, 1, started_leading, stopped_leading))
+        task = asyncio.create_task(election.run())
+        try:
+            async with asyncio.timeout(10):
+                await elected.wait()
+            # The leader renews at once after creating the Lease: a get, then an update.
+            await kube.wait_for(
+                "leases", "ferry-leader", NS, lambda o: len(kube.history("leases", "ferry-leader", NS)) > 1
+            )
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        kube.create("backups", backup("b1"))
+        kube.create("backups", backup("b2", storage_location="other"))
+        listed = await client.CustomObjectsApi(api).list_namespaced_custom_object(
+            G, "v1", NS, "backups", label_selector=f"{STORAGE_LOCATION_LABEL}=default"
+        )
+        assert [b["metadata"]["name"] for b in listed["items"]] == ["b1"]
+    assert denials(usage) == []
+    assert excess_grants(usage) == []
+    verbs = {(a.attributes.resource, a.attributes.verb) for a in usage.allowed}
+    assert verbs == {("leases", "get"), ("leases", "create"), ("leases", "update"), ("backups", "list")}
+
+
+async def test_a_put_that_creates_a_lease_must_also_be_allowed_to_create_it(kube: KubeServer) -> None:
+    updates_only = rbac(
+        role("r", [{"apiGroups": [COORDINATION], "resources": ["leases"], "verbs": ["get", "update"]}], NS),
+        binding("Role", "r", NS),
+    )
+    usage = RbacUsage()
+    token = kube.accounts.issue(FERRY, updates_only, usage)
+    lease = {"apiVersion": f"{COORDINATION}/v1", "kind": "Lease", "metadata": {"name": "ferry"}, "spec": {}}
+    async with raw_session(kube, token=token) as http:
+        async with http.put(f"{LEASES_PATH}/ferry", json=lease) as response:
+            assert response.status == 403
+            body = await response.json()
+        assert body["message"] == 'leases.coordination.k8s.io "ferry" is forbidden: '  # RBAC gives no reason
+        assert body["details"] == {"name": "ferry", "group": COORDINATION, "kind": "leases"}
+        assert kube.get("leases", "ferry", NS) is None
+        invalid = {**lease, "spec": {"leaseDurationSeconds": 0}}
+        async with http.put(f"{LEASES_PATH}/ferry", json=invalid) as response:
+            assert response.status == 422  # validated before the second authorization
+        kube.create("leases", lease, NS)
+        stored = kube.get("leases", "ferry", NS)
+        async with http.put(f"{LEASES_PATH}/ferry", json=stored) as response:
+            assert response.status == 200  # an update of an existing Lease needs no create
+    assert [(d.attributes.verb, d.attributes.name) for d in usage.denied] == [("create", "ferry")]
+    creating = rbac(
+        role("r", [{"apiGroups": [COORDINATION], "resources": ["leases"], "verbs": ["update", "create"]}], NS),
+        binding("Role", "r", NS),
+    )
+    token = kube.accounts.issue(FERRY, creating, usage)
+    other = {**lease, "metadata": {"name": "other"}}
+    async with raw_session(kube, token=token) as http, http.put(f"{LEASES_PATH}/other", json=other) as response:
+        assert response.status == 201
+    assert usage.allowed[-1].attributes.verb == "create"

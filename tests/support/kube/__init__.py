@@ -5,11 +5,12 @@ exactly as it would reach a real cluster. ``tests/test_kube_contract*.py`` pins 
 
 Modelled
     * Resources: the custom resources of the CRDs it is given (``velero_crds(version)`` for each Velero
-      release in ``VELERO_VERSIONS``, or Velero's own YAML, loaded by the caller; ``snapshot_crds()``, the
-      CSI snapshot kinds of ``snapshot.storage.k8s.io/v1``, namespaced or cluster-scoped), and core/v1 namespaces,
-      secrets, pods, persistentvolumeclaims, persistentvolumes and events. Verbs: list (per namespace and
-      across namespaces), watch, get, create, update, patch, delete; ``/status`` where the kind has it
-      (CRDs: only when declared).
+      release in ``VELERO_VERSIONS``: DataDownloads, DataUploads, BackupStorageLocations and Backups, or
+      Velero's own YAML, loaded by the caller; ``snapshot_crds()``, the CSI snapshot kinds of
+      ``snapshot.storage.k8s.io/v1``, namespaced or cluster-scoped), core/v1 namespaces, secrets, pods,
+      persistentvolumeclaims, persistentvolumes and events, and ``coordination.k8s.io/v1`` leases. Verbs:
+      list (per namespace and across namespaces), watch, get, create, update, patch, delete; ``/status``
+      where the kind has it (CRDs: only when declared).
     * Discovery: ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>``, ``/apis/<group>/<version>``,
       ``/version``.
     * Bearer-token authentication (401 otherwise). Every error body is a ``Status``.
@@ -36,6 +37,19 @@ Modelled
       ERROR event once history is expired, BOOKMARKs with ``allowWatchBookmarks`` (every
       ``bookmark_interval`` seconds when idle, or on ``send_bookmarks()``), ``timeoutSeconds``, selector
       transitions as ADDED/DELETED.
+    * Leases (``coordination.k8s.io/v1``, namespaced, no ``/status``), as the lease registry strategy and
+      ``ValidateLeaseSpec`` have them: a PUT must carry ``metadata.resourceVersion`` (422 without it, 409 if
+      stale: no unconditional updates), and a PUT of a missing Lease creates it (201, create-on-update). The
+      body decodes as the typed object or is 400 ("Lease in version "v1" cannot be handled as a Lease: ..."):
+      ``holderIdentity`` (and ``strategy``/``preferredHolder``) strings, ``leaseDurationSeconds`` and
+      ``leaseTransitions`` int32 (not 1.5, not "15", not true), ``acquireTime``/``renewTime`` MicroTimes
+      (RFC 3339 with exactly six fractional digits, ``Z`` or an offset), stored and served in UTC with six
+      digits and ``Z``; ``spec`` is always written (``{}`` when empty). Unknown fields are dropped (400 under
+      ``fieldValidation=Strict``), and so are ``strategy``/``preferredHolder`` (the CoordinatedLeaderElection
+      gate is off by default). 422: ``leaseDurationSeconds`` <= 0, ``leaseTransitions`` < 0, and a patch whose
+      result does not decode (cause ``patch``). A PUT that creates a Lease is also authorized as ``create``
+      (see :mod:`.rbac`). Pinned, with kubernetes_asyncio's leader election, in
+      ``tests/test_kube_contract_leases.py``.
     * Cluster-scoped built-ins ``nodes`` (core/v1, with ``/status``) and ``storageclasses``
       (``storage.k8s.io/v1``, in discovery; ``provisioner`` required, ``reclaimPolicy`` defaults to Delete,
       ``volumeBindingMode`` to Immediate; fields not immutable here).

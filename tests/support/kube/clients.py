@@ -66,3 +66,19 @@ def backup_storage_location(name: str = "default", namespace: str = "velero") ->
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"provider": "aws", "objectStorage": {"bucket": "backups", "prefix": "velero"}},
     }
+
+
+STORAGE_LOCATION_LABEL = "velero.io/storage-location"
+"""The label Velero's server puts on each Backup: the name of its BackupStorageLocation."""
+
+
+def backup(name: str, namespace: str = "velero", storage_location: str = "default", **spec: Any) -> dict[str, Any]:
+    """A Backup as Velero's server keeps one: ``spec.storageLocation`` and the matching label; keyword arguments
+    set further spec fields."""
+    body: dict[str, Any] = {"storageLocation": storage_location, "ttl": "720h0m0s", **spec}
+    return {
+        "apiVersion": "velero.io/v1",
+        "kind": "Backup",
+        "metadata": {"name": name, "namespace": namespace, "labels": {STORAGE_LOCATION_LABEL: storage_location}},
+        "spec": body,
+    }

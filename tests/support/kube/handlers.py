@@ -155,7 +155,13 @@ class Api:
             return {"major": "1", "minor": "33", "gitVersion": "v1.33.0-ferry-test", "platform": "linux/amd64"}
         return None
 
-    async def serve(self, request: web.Request, on_stream: Callable[[int], None]) -> web.StreamResponse:
+    async def serve(
+        self,
+        request: web.Request,
+        on_stream: Callable[[int], None],
+        authorize_create: Callable[[], None] | None = None,
+    ) -> web.StreamResponse:
+        """``authorize_create``: the second authorization of a PUT that creates its object (see :mod:`.rbac`)."""
         query = request.query
         if "dryRun" in query:
             raise not_modelled("dryRun")
@@ -181,7 +187,7 @@ class Api:
             raise not_allowed()
         if target.name is None:
             return await self._collection(request, target, on_stream)
-        return await self._object(request, target)
+        return await self._object(request, target, authorize_create)
 
     async def _collection(
         self, request: web.Request, target: Target, on_stream: Callable[[int], None]
@@ -220,7 +226,9 @@ class Api:
         if rv and rv.isdigit() and int(rv) > self.store.resource_version:
             raise KubeError(504, f"Too large resource version: {rv}, current: {self.store.resource_version}", "Timeout")
 
-    async def _object(self, request: web.Request, target: Target) -> web.StreamResponse:
+    async def _object(
+        self, request: web.Request, target: Target, authorize_create: Callable[[], None] | None
+    ) -> web.StreamResponse:
         rtype, name, query = target.rtype, target.name or "", request.query
         mode: Mode = "main"
         if target.subresource:
@@ -234,10 +242,18 @@ class Api:
             body = await json_body(request)
             check_kind(rtype, body)
             _check_identity(target, body, with_name=True)
+            existed = self.store.find(rtype, name, target.namespace) is not None
             updated = self.store.update(
-                rtype, body, name, target.namespace, mode=mode, require_rv=rtype.custom, strict=strict
+                rtype,
+                body,
+                name,
+                target.namespace,
+                mode=mode,
+                require_rv=rtype.requires_resource_version,
+                strict=strict,
+                authorize_create=authorize_create,
             )
-            return web.json_response(updated)
+            return web.json_response(updated, status=200 if existed else 201)
         if request.method == "PATCH":
             apply = patcher(rtype, _media_type(request), await json_body(request))
             patched = self.store.patch(rtype, name, target.namespace, apply, mode=mode, strict=strict)

@@ -25,6 +25,9 @@ issue a token bound to an identity (``KubeServer.write_kubeconfig(..., user=...,
   clusters are built in: GET of ``/api``, ``/api/*``, ``/apis``, ``/apis/*``, ``/openapi``,
   ``/openapi/*``, ``/version``, ``/version/``, ``/healthz``, ``/livez``, ``/readyz``.
 * A denial is 403 ``Forbidden`` with the apiserver's message and ``details``.
+* A PUT that creates its object (kinds whose strategy allows create-on-update: Leases) is authorized twice,
+  as the update handler does: ``update`` first, then ``create`` once the object is known to be new (after the
+  body decoded and validated), 403 ``<resource> "<name>" is forbidden: <reason>`` otherwise.
 
 Refused at load time (``ValueError``): the object validation the apiserver would refuse (rules without
 verbs, resource rules without apiGroups or resources, non-resource URLs in a Role or mixed with resources,
@@ -41,7 +44,7 @@ import itertools
 import json
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -679,3 +682,22 @@ class Accounts:
         account.usage.record(method, attributes, decision)
         if not decision.allowed:
             raise forbidden(attributes, decision.reason)
+
+    def admit_create_on_update(
+        self, method: str, path: str, query: Mapping[str, str], authorization: str | None, admin: str
+    ) -> None:
+        """A PUT that creates its object (create-on-update) must also be allowed to ``create`` it: the update
+        handler's second authorization (``withAuthorization``), with the update's attributes but verb
+        ``create``. Its 403 names only the authorizer's reason (usually none), not the user."""
+        token = authorization.removeprefix("Bearer ") if authorization and authorization.startswith("Bearer ") else ""
+        account = self._tokens.get(token)
+        if authorization == f"Bearer {admin}" or account is None:
+            return  # the admin token, or one admit() already refused
+        attributes = replace(request_attributes(account.identity, method, path, query), verb="create")
+        decision = account.authorizer.authorize(attributes)
+        account.usage.record(method, attributes, decision)
+        if not decision.allowed:
+            group, resource, name = attributes.api_group, attributes.resource, attributes.name
+            qualified = f"{resource}.{group}" if group else resource
+            details = {k: v for k, v in (("name", name), ("group", group), ("kind", resource)) if v}
+            raise Forbidden(403, f"{qualified} {_quoted(name)} is forbidden: {decision.reason}", "Forbidden", details)

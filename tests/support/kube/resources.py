@@ -1,16 +1,19 @@
-"""The kinds this server serves: built-ins of core/v1 and the custom resources of the CRDs it is given,
-with their discovery documents and their admission rules (what a write must satisfy to be stored)."""
+"""The kinds this server serves: built-ins (core/v1, ``storage.k8s.io/v1`` StorageClasses,
+``coordination.k8s.io/v1`` Leases) and the custom resources of the CRDs it is given, with their discovery
+documents and their admission rules (what a write must satisfy to be stored)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import copy
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from . import schema
-from .errors import Cause, bad_request, invalid
+from .errors import Cause, KubeError, bad_request, invalid
 from .meta import prune_metadata, validate_metadata
 
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
@@ -30,11 +33,21 @@ class ResourceType:
     schema: dict[str, Any] | None = None
     extra_field_selectors: frozenset[str] = frozenset()
     builtin: bool = False
+    create_on_update: bool = False
+    """The registry strategy's AllowCreateOnUpdate: a PUT of a missing object creates it (201)."""
+    unconditional_update: bool = True
+    """The registry strategy's AllowUnconditionalUpdate (built-ins only: custom resources never allow it): a PUT
+    without ``metadata.resourceVersion`` overwrites whatever is stored."""
 
     @property
     def custom(self) -> bool:
         """A custom resource (from a CRD): schema-validated, with ``generation``; built-ins of any group are not."""
         return not self.builtin
+
+    @property
+    def requires_resource_version(self) -> bool:
+        """Whether a PUT must carry ``metadata.resourceVersion`` (422 without it)."""
+        return self.custom or not self.unconditional_update
 
     @property
     def api_version(self) -> str:
@@ -85,6 +98,18 @@ def _core(
 STORAGE_CLASSES = ResourceType(
     "storage.k8s.io", "v1", "storageclasses", "StorageClass", False, False, ("sc",), None, frozenset(), True
 )
+# The lease strategy (pkg/registry/coordination/lease): AllowCreateOnUpdate true, AllowUnconditionalUpdate false.
+LEASES = ResourceType(
+    "coordination.k8s.io",
+    "v1",
+    "leases",
+    "Lease",
+    True,
+    False,
+    builtin=True,
+    create_on_update=True,
+    unconditional_update=False,
+)
 
 
 BUILTINS = [
@@ -110,6 +135,7 @@ BUILTINS = [
         "reportingComponent type",
     ),
     STORAGE_CLASSES,
+    LEASES,
 ]
 # What the apiserver's create strategies put in .status of these kinds (a client cannot set it).
 INITIAL_STATUS: dict[str, dict[str, Any]] = {
@@ -220,6 +246,121 @@ def _admit_storage_class(obj: dict[str, Any], causes: list[Cause]) -> None:
             causes.append(Cause(field, "FieldValueNotSupported", message))
 
 
+# -- coordination.k8s.io/v1 Lease ----------------------------------------------------------------------------
+
+LEASE_FIELDS = {
+    "holderIdentity": "string",
+    "leaseDurationSeconds": "int32",
+    "acquireTime": "MicroTime",
+    "renewTime": "MicroTime",
+    "leaseTransitions": "int32",
+    "strategy": "string",
+    "preferredHolder": "string",
+}
+"""LeaseSpec's fields and their Go types (every one optional: a pointer, ``omitempty``)."""
+LEASE_GATED_FIELDS = ("strategy", "preferredHolder")
+"""Dropped on every write while the CoordinatedLeaderElection feature gate is off (its default up to 1.33)."""
+RFC3339_MICRO = "2006-01-02T15:04:05.000000Z07:00"
+_MICRO_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{6})(?:(Z)|([+-])(\d{2}):(\d{2}))$")
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+class DecodeError(KubeError):
+    """A typed built-in's body that does not decode: 400 as the body of a create or update (the apiserver's
+    transformDecodeError); a patch whose result does not decode is 422 instead (see ``Store.patch``)."""
+
+    def __init__(self, kind: str, why: str) -> None:
+        super().__init__(400, f'{kind} in version "v1" cannot be handled as a {kind}: {why}', "BadRequest")
+        self.why = why
+
+
+def _cannot_decode(why: str) -> KubeError:
+    return DecodeError("Lease", why)
+
+
+def parse_micro_time(value: str) -> datetime:
+    """A ``metav1.MicroTime`` as the apiserver decodes it: Go's ``time.Parse(RFC3339Micro, value)``, which wants
+    exactly six fractional digits and ``Z`` or a ``±hh:mm`` offset (ValueError otherwise)."""
+    match = _MICRO_TIME.match(value)
+    if match is None:
+        raise ValueError(f'parsing time "{value}" as "{RFC3339_MICRO}": not RFC 3339 with six fractional digits')
+    year, month, day, hour, minute, second, micro = (int(match[i]) for i in range(1, 8))
+    offset = timedelta(0)
+    if match[8] is None:
+        offset = timedelta(hours=int(match[10]), minutes=int(match[11])) * (-1 if match[9] == "-" else 1)
+    try:
+        return datetime(year, month, day, hour, minute, second, micro, tzinfo=timezone(offset))
+    except ValueError as exc:
+        raise ValueError(f'parsing time "{value}": {exc}') from None
+
+
+def format_micro_time(moment: datetime) -> str:
+    """How the apiserver writes a ``MicroTime``: in UTC, six fractional digits, ``Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _json_kind(value: Any) -> str:
+    """How Go's encoding/json names a JSON value it cannot put into a field."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return f"number {value}"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _decode_lease_field(name: str, kind: str, value: Any) -> Any:
+    where = f"Go struct field LeaseSpec.spec.{name} of type {'int32' if kind == 'int32' else 'string'}"
+    if kind == "int32":
+        if isinstance(value, bool) or not isinstance(value, int) or not _INT32[0] <= value <= _INT32[1]:
+            raise _cannot_decode(f"json: cannot unmarshal {_json_kind(value)} into {where}")
+        return value
+    if not isinstance(value, str):
+        raise _cannot_decode(f"json: cannot unmarshal {_json_kind(value)} into {where}")
+    if kind == "MicroTime":
+        try:
+            return format_micro_time(parse_micro_time(value))
+        except ValueError as exc:
+            raise _cannot_decode(str(exc)) from None
+    return value
+
+
+def _admit_lease(obj: dict[str, Any], causes: list[Cause], *, strict: bool) -> None:
+    """Decode as the typed Lease (400 on a value of the wrong type: holderIdentity a string, leaseDurationSeconds
+    and leaseTransitions int32, acquireTime/renewTime MicroTimes), drop unknown fields (400 under
+    fieldValidation=Strict) and the gated ones, normalise the times, then validate (422)."""
+    dropped = [key for key in obj if key not in ("apiVersion", "kind", "metadata", "spec")]
+    spec = obj.get("spec")
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict):
+        raise _cannot_decode(
+            f"json: cannot unmarshal {_json_kind(spec)} into Go struct field Lease.spec of type v1.LeaseSpec"
+        )
+    dropped += [f"spec.{key}" for key in spec if key not in LEASE_FIELDS]
+    if strict and dropped:
+        raise bad_request("strict decoding error: " + ", ".join(f'unknown field "{p}"' for p in dropped))
+    decoded = {
+        name: _decode_lease_field(name, LEASE_FIELDS[name], value)
+        for name, value in spec.items()
+        if name in LEASE_FIELDS and value is not None
+    }
+    for name in LEASE_GATED_FIELDS:
+        decoded.pop(name, None)
+    for key in [k for k in obj if k not in ("apiVersion", "kind", "metadata")]:
+        del obj[key]
+    obj["spec"] = decoded  # a struct, not a pointer: always written, {} when empty
+    duration = decoded.get("leaseDurationSeconds")
+    if duration is not None and duration <= 0:
+        message = f"Invalid value: {duration}: must be greater than 0"
+        causes.append(Cause("spec.leaseDurationSeconds", "FieldValueInvalid", message))
+    transitions = decoded.get("leaseTransitions")
+    if transitions is not None and transitions < 0:
+        message = f"Invalid value: {transitions}: must be greater than or equal to 0"
+        causes.append(Cause("spec.leaseTransitions", "FieldValueInvalid", message))
+
+
 # What the PVC/PV protection admission plugins add to every new claim and volume.
 ADMISSION_FINALIZERS = {
     "persistentvolumeclaims": "kubernetes.io/pvc-protection",
@@ -318,6 +459,8 @@ def admit(
         _admit_event(obj, causes)
     elif rtype.builtin and rtype.plural == "storageclasses":
         _admit_storage_class(obj, causes)
+    elif rtype.builtin and rtype.qualified == LEASES.qualified:
+        _admit_lease(obj, causes, strict=strict_fields)
     if causes:
         name = obj["metadata"].get("name") or obj["metadata"].get("generateName", "")
         raise invalid(rtype.kind_group, name, causes)

@@ -2,9 +2,10 @@
 
 Follows the apiserver's order (prune, then default, then validate) and its ``details.causes`` wording.
 Validated: ``type``, ``enum``, ``required``, ``nullable``, ``additionalProperties``, ``items``, ``pattern``,
-``minimum``, the formats ``date-time``, ``int32``, ``int64`` and ``byte``, and ``x-kubernetes-validations``
-of the few CEL rule shapes the CRDs here use (:data:`CEL_SHAPES`; any other rule is refused when the CRD is
-loaded): transition rules (those naming ``oldSelf``) run on updates only, where the old value exists.
+``minimum``, ``minItems``, the formats ``date-time``, ``int32``, ``int64`` and ``byte``, and
+``x-kubernetes-validations`` of the few CEL rule shapes the CRDs here use (:data:`CEL_SHAPES`; any other rule
+is refused when the CRD is loaded): transition rules (those naming ``oldSelf``) run on updates only, where the
+old value exists.
 Deliberately stricter than the apiserver in one place: ``date-time`` must be RFC 3339 (Velero's Go types
 parse nothing else), while the apiserver also takes a few ISO 8601 variants. The root ``metadata`` is left
 to :mod:`.meta`.
@@ -217,6 +218,9 @@ def validate(value: Any, node: Schema, path: str, causes: list[Cause], old: Any 
         message = (
             f"Invalid value: {json.dumps(value)}: {path} in body should be greater than or equal to {node['minimum']}"
         )
+        causes.append(Cause(path, "FieldValueInvalid", message))
+    if "minItems" in node and isinstance(value, list) and len(value) < node["minItems"]:
+        message = f"Invalid value: {len(value)}: {path} in body should have at least {node['minItems']} items"
         causes.append(Cause(path, "FieldValueInvalid", message))
     if isinstance(value, dict):
         _validate_object(value, node, path, causes, old)

@@ -159,7 +159,13 @@ class KubeServer:
             if not accepts_json(request.headers.get("Accept")):
                 message = "only application/json (and application/json;stream=watch) is served by this test server"
                 raise KubeError(406, message, "NotAcceptable")
-            response = await self.api.serve(request, on_stream)
+
+            def authorize_create() -> None:
+                self.accounts.admit_create_on_update(
+                    request.method, request.path, request.query, request.headers.get("Authorization"), self.token
+                )
+
+            response = await self.api.serve(request, on_stream, authorize_create)
         except KubeError as error:
             response = web.json_response(error.status(), status=error.code)
         if not record.status:

@@ -13,6 +13,7 @@ import binascii
 import copy
 import json
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any, Literal
 
 from .errors import (
@@ -29,7 +30,7 @@ from .errors import (
     not_found,
 )
 from .meta import SERVER_SET, generated_name, new_uid, now_rfc3339, outside_metadata, without_resource_version
-from .resources import INITIAL_STATUS, ResourceType, admit, admit_change, admit_new
+from .resources import INITIAL_STATUS, DecodeError, ResourceType, admit, admit_change, admit_new
 from .selectors import Matcher
 from .watches import Change, Revision, Watcher
 
@@ -181,7 +182,9 @@ class Store:
         *,
         mode: Mode = "main",
         strict: bool = False,
+        authorize: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
+        """``authorize`` (a create-on-update's second authorization) runs once the object has passed admission."""
         obj = copy.deepcopy(body)
         obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
         meta = obj.setdefault("metadata", {})
@@ -196,6 +199,8 @@ class Store:
         self._check_namespace(rtype, namespace, meta.get("name") or "")
         obj = admit(rtype, obj, strict_fields=strict)
         admit_new(rtype, obj)
+        if authorize is not None:
+            authorize()
         meta = obj["metadata"]
         if not meta.get("name"):
             meta["name"] = generated_name(meta["generateName"])
@@ -217,15 +222,26 @@ class Store:
         mode: Mode,
         require_rv: bool,
         strict: bool = False,
+        authorize_create: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """PUT semantics: ``metadata.resourceVersion`` (when given) must be the stored one."""
-        old = self.get(rtype, name, namespace)
+        """PUT semantics: ``metadata.resourceVersion`` (when given) must be the stored one. A missing object is
+        404, unless its kind allows create-on-update (Leases): then the PUT creates it, whatever resourceVersion
+        it carries, once ``authorize_create`` allows it (the caller tells a creation by the object's absence
+        beforehand: 201 rather than 200)."""
+        old = self.find(rtype, name, namespace)
+        if old is None:
+            if not rtype.create_on_update or mode not in ("main", "full"):
+                raise not_found(rtype.qualified, name)
+            created = copy.deepcopy(body)
+            created.setdefault("metadata", {})["name"] = name
+            return self.create(rtype, created, namespace, mode=mode, strict=strict, authorize=authorize_create)
         rv = (body.get("metadata") or {}).get("resourceVersion")
         if not rv and require_rv:
             cause = Cause(
                 "metadata.resourceVersion", "FieldValueInvalid", "Invalid value: 0x0: must be specified for an update"
             )
-            raise invalid(rtype.kind_group, name, [cause])
+            # The registry names the resource here, not the kind: ``leases.coordination.k8s.io "x" is invalid``.
+            raise invalid(rtype.qualified, name, [cause])
         if rv and rv != old["metadata"]["resourceVersion"]:
             raise conflict(rtype.qualified, name, STALE)
         return self._replace(rtype, old, body, mode, strict)
@@ -308,7 +324,13 @@ class Store:
         for key in ("name", "namespace"):
             if (patched.get("metadata") or {}).get(key, old["metadata"].get(key)) != old["metadata"].get(key):
                 raise bad_request(f"metadata.{key} cannot be changed by a patch")
-        return self._replace(rtype, old, patched, mode, strict)
+        try:
+            return self._replace(rtype, old, patched, mode, strict)
+        except DecodeError as error:  # the patched object does not decode: the patch is invalid, not the request
+            shown = json.dumps(json.dumps(patched, separators=(",", ":")))
+            raise invalid(
+                "", "", [Cause("patch", "FieldValueInvalid", f"Invalid value: {shown}: {error.why}")]
+            ) from None
 
     def delete(
         self,
