@@ -47,6 +47,7 @@ from agent.settings import (
     SnapshotSettings,
     agent_settings_from_env,
     parse_duration,
+    parse_max_unused,
     parse_size,
     read_password_file,
     repository_settings_from_env,
@@ -218,12 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     prn = repo_cmd.add_parser(
         "prune",
         help="delete packs no snapshot needs (marked by one run, deleted by a later one after --grace)",
-        description="Mark packs no snapshot refers to, and delete those an earlier run marked at least the grace "
-        "period ago (unless a snapshot written meanwhile uses them). Safe while snapshots are written and restored "
-        "(docs/FORMAT.md, section 10). Packs partly used are kept whole.",
+        description="Copy the live chunks of mostly unused packs into new packs (until the unused data left is at "
+        "most --max-unused of the used), mark packs no snapshot needs, and delete those an earlier run marked at "
+        "least the grace period ago (unless a snapshot written meanwhile needs them). Safe while snapshots are "
+        "written and restored (docs/FORMAT.md, section 10).",
     )
     _add_repo_flags(prn)
     prn.add_argument("--grace", default="1h", help="how old a mark (and a pack) must be to act on (default 1h)")
+    prn.add_argument(
+        "--max-unused",
+        default="5%",
+        help="unused data to tolerate in packs kept, as a percentage of the used data, or 'unlimited' to never "
+        "repack (default 5%%)",
+    )
     prn.add_argument("--dry-run", action="store_true", help="show what would be done; change nothing")
     rep = repo_cmd.add_parser("repair-index", help="rebuild the index from the manifests and the packs")
     _add_repo_flags(rep)
@@ -691,17 +699,21 @@ async def cmd_repo_init(args: argparse.Namespace) -> int:
 
 async def cmd_repo_prune(args: argparse.Namespace) -> int:
     grace = parse_duration(args.grace, "--grace")
+    max_unused = parse_max_unused(args.max_unused, "--max-unused")
 
     async def body(repo: Repository) -> int:
-        r = await prune(repo, grace_s=grace, dry_run=args.dry_run)
+        r = await prune(repo, grace_s=grace, dry_run=args.dry_run, max_unused=max_unused)
         would = "would " if r.dry_run else ""
         lines = [
             f"{r.snapshots} snapshots, {r.packs} packs, {human_bytes(r.stored_bytes)} stored",
             f"{would}delete {r.deleted_packs} packs ({human_bytes(r.deleted_bytes)}) marked earlier; "
             f"{r.kept_packs} marked packs are used again and kept",
-            f"{would}mark {r.marked_packs} unused packs ({human_bytes(r.marked_bytes)}): a prune at least "
-            f"{args.grace} later deletes them; {r.pending_packs} packs of earlier marks wait their turn",
-            f"{human_bytes(r.stored_bytes_after)} stored after this run; {r.writers} snapshots being written",
+            f"{would}repack {r.repacked_packs} mostly unused packs (copying {human_bytes(r.repacked_bytes)} "
+            f"of live chunks into {r.written_packs} new packs)",
+            f"{would}mark {r.marked_packs} packs ({human_bytes(r.marked_bytes)}) no snapshot needs: a prune at "
+            f"least {args.grace} later deletes them; {r.pending_packs} packs of earlier marks wait their turn",
+            f"{human_bytes(r.stored_bytes_after)} stored after this run ({human_bytes(r.unused_bytes)} of it "
+            f"unused in packs kept); {r.writers} snapshots being written, {r.readers} being read",
         ]
         for note in r.notes:
             sys.stderr.write(f"ferry: {note}\n")

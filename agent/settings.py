@@ -78,6 +78,22 @@ def parse_duration(text: str, what: str) -> float:
     return sum(float(n) * _GO_UNITS[unit] for n, unit in _GO_DURATION.findall(value))
 
 
+def parse_max_unused(text: str, what: str) -> float | None:
+    """How much unused data a prune tolerates in the packs it keeps (restic's ``--max-unused``): a
+    percentage of the used data ("5%", "0.5%", "5") as a fraction, or None for "unlimited" (never
+    repack). Raises ConfigError."""
+    value = text.strip().lower()
+    if value == "unlimited":
+        return None
+    try:
+        percent = float(value.removesuffix("%"))
+    except ValueError:
+        percent = -1.0
+    if not 0 <= percent <= 100:  # NaN fails this too
+        raise ConfigError(f"{what}: {text!r} is not a percentage from 0% to 100%, or 'unlimited'")
+    return percent / 100
+
+
 def parse_positive_int(text: str, what: str) -> int:
     try:
         value = int(text.strip())

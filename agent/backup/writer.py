@@ -78,7 +78,7 @@ from agent.repo.format import (
     snapshot_id_of,
 )
 from agent.repo.index import Index, pack_trailer, read_index, read_trailer, write_index
-from agent.repo.prune import marked_packs, writer_lock
+from agent.repo.locks import marked_packs, writer_lock
 from agent.repo.repository import Repository, summary_of
 from agent.settings import SnapshotSettings
 

@@ -29,6 +29,8 @@ from agent.pipeline.select import select_entries
 from agent.pipeline.transfer import Sink, TransferStats, decode_bytes, transfer
 from agent.pipeline.tree_target import TreeTarget
 from agent.repo.format import Manifest
+from agent.repo.locate import Locator
+from agent.repo.locks import reader_lock
 from agent.repo.repository import Repository
 from agent.settings import RestoreSettings
 
@@ -122,6 +124,22 @@ async def restore(
     if include:
         whole = manifest
         manifest = await offload(lambda _stop: select_entries(whole, include, snapshot_id))
+    # The reader lock holds back prune's sweeps until this restore has read every pack it planned to.
+    async with reader_lock(repo):
+        manifest = await (await Locator.open(repo)).relocate(manifest)
+        return await _restore(repo, snapshot_id, manifest, target, settings, progress, stats, started)
+
+
+async def _restore(
+    repo: Repository,
+    snapshot_id: str,
+    manifest: Manifest,
+    target: str,
+    settings: RestoreSettings,
+    progress: Progress | None,
+    stats: TransferStats | None,
+    started: float,
+) -> RestoreResult:
     stats = stats if stats is not None else TransferStats()
     threads = decode_threads(manifest, settings)
     if threads < settings.worker_threads:

@@ -1,7 +1,8 @@
 """Checking a repository (``ferry repo check``): its structure always, every chunk's data on request.
 
 Structure: every manifest is read (fetched, hashed against its ID, parsed with every field checked), and
-every chunk it refers to must lie inside a pack that exists (one listing of the packs' sizes); in format 2,
+every chunk it refers to must lie inside a pack that exists (one listing of the packs' sizes), where the
+manifest places it or, if a prune moved it, where the index does (``agent.repo.locate``); in format 2,
 every index object must read (damage otherwise), and chunks it places in packs that are gone are noted. Packs no
 readable snapshot refers to are reported, not as damage: interrupted or forgotten snapshots leave them.
 
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from agent.aio.threads import offload
 from agent.errors import ObjectNotFound, ObjectTruncated, RepositoryError, StorageError
 from agent.repo.index import read_index
+from agent.repo.locate import Locator
+from agent.repo.locks import reader_lock
 from agent.repo.repository import Repository, pack_key
 
 Progress = Callable[[int, int], None]
@@ -67,8 +70,14 @@ async def check_repository(
 ) -> CheckReport:
     """Check ``repo`` (see the module docstring). Raises only storage errors that stop the check itself
     (the listing fails); what is wrong with objects goes into the report."""
+    async with reader_lock(repo):  # prune sweeps nothing while the check runs
+        return await _check(repo, read_data, progress)
+
+
+async def _check(repo: Repository, read_data: bool, progress: Progress | None) -> CheckReport:
     report = CheckReport()
-    sizes = await repo.pack_sizes()
+    locator = await Locator.open(repo)
+    sizes = locator.sizes
     report.packs = len(sizes)
     users: dict[str, set[str]] = {}
     reach: dict[str, int] = {}
@@ -80,6 +89,7 @@ async def check_repository(
             report.damage.append(Damage(f"snapshot {snapshot_id}", str(e)))
             continue
         report.snapshots += 1
+        manifest = await locator.relocate(manifest)  # chunks a prune moved are read where it put them
         for rec in manifest.chunks:
             pack = manifest.packs[rec.pack]
             users.setdefault(pack, set()).add(snapshot_id)

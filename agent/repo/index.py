@@ -199,25 +199,62 @@ def _summary_ok(summary: dict[str, Any]) -> bool:
     )
 
 
-async def read_index(repo: Repository) -> Index:
-    """Every index object of the repository merged; those that cannot be read are skipped with a warning
-    (a rebuilt index, ``repo repair-index``, replaces them)."""
-    index = Index()
+@dataclass(frozen=True)
+class IndexObject:
+    """One index object as stored: its key, pack names, records (pack as an index into ``packs``) and
+    snapshot summaries."""
+
+    key: str
+    packs: list[str]
+    records: list[ChunkRecord]
+    snapshots: dict[str, dict[str, Any]]
+
+
+async def index_objects(repo: Repository) -> tuple[list[IndexObject], list[tuple[str, str]]]:
+    """Every readable index object, and the unreadable ones as (key, why), logged as a warning. An object
+    deleted between the listing and its read (a prune replacing several by one) makes the listing be taken
+    again, so the object that replaced it is read too. Raises storage errors."""
     limit = repo.settings.manifest_memory_bytes
-    for key in await repo.storage.list(INDEX):
-        what = f"index object {key[len(INDEX) :][:16]}"
-        try:
-            stored = await repo.storage.get(key, max_bytes=limit)
-            packs, records, snapshots = decode_index(stored, repo.master, limit, what)
-        except ObjectNotFound:
-            continue  # removed by a prune meanwhile: what it held is in the object that replaced it
-        except (RepositoryError, ObjectTooLarge) as e:
-            log.warning("%s is not used: %s", what, e)
-            index.unreadable.append((key, str(e)))
-            continue
-        index.objects.append(key)
-        index.add_all(records, packs)
-        index.snapshots.update(snapshots)
+    seen: set[str] = set()
+    objects: list[IndexObject] = []
+    unreadable: list[tuple[str, str]] = []
+    for _ in range(_LISTINGS):
+        vanished = False
+        for key in await repo.storage.list(INDEX):
+            if key in seen:
+                continue
+            seen.add(key)
+            what = f"index object {key[len(INDEX) :][:16]}"
+            try:
+                stored = await repo.storage.get(key, max_bytes=limit)
+                packs, records, snapshots = decode_index(stored, repo.master, limit, what)
+            except ObjectNotFound:
+                vanished = True
+                continue
+            except (RepositoryError, ObjectTooLarge) as e:
+                log.warning("%s is not used: %s", what, e)
+                unreadable.append((key, str(e)))
+                continue
+            objects.append(IndexObject(key, packs, records, snapshots))
+        if not vanished:
+            break
+    return objects, unreadable
+
+
+_LISTINGS = 4
+"""Listings of ``index/`` taken at most while objects vanish under the reader (each prune replaces the
+objects once, so a second listing is nearly always the last)."""
+
+
+async def read_index(repo: Repository) -> Index:
+    """Every index object of the repository merged (``index_objects``); those that cannot be read are
+    skipped with a warning (a rebuilt index, ``repo repair-index``, replaces them)."""
+    index = Index()
+    objects, index.unreadable = await index_objects(repo)
+    for obj in objects:
+        index.objects.append(obj.key)
+        index.add_all(obj.records, obj.packs)
+        index.snapshots.update(obj.snapshots)
     return index
 
 

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from agent.errors import RepositoryError
+from agent.repo.locate import Locator
 from agent.repo.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class RepoStats:
 async def repository_stats(repo: Repository) -> RepoStats:
     """Read every manifest (one at a time) and list the packs once. Unreadable manifests are counted apart,
     not fatal. Raises storage errors."""
-    sizes = await repo.pack_sizes()
+    locator = await Locator.open(repo)
+    sizes = locator.sizes
     seen: dict[bytes, tuple[int, int]] = {}
     restore = 0
     readable = 0
@@ -61,6 +63,7 @@ async def repository_stats(repo: Repository) -> RepoStats:
             continue
         readable += 1
         restore += manifest.size
+        manifest = await locator.relocate(manifest)  # where a prune moved chunks to
         referenced.update(manifest.packs)
         for rec in manifest.chunks:
             seen.setdefault(rec.id, (rec.plain, rec.stored))
