@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 
 from agent.controller.datadownloads import DataDownloadController
 from agent.controller.datauploads import DataUploadController
-from agent.controller.jobs import Restorer, Uploader
+from agent.controller.jobs import Maintainer, Restorer, Uploader
 from agent.controller.load import LoadLimiter
-from agent.datapath import DataPathRestorer, DataPathUploader
+from agent.controller.maintenance import Maintenance, while_leading
+from agent.datapath import DataPathMaintainer, DataPathRestorer, DataPathUploader
 from agent.errors import KubeError
 from agent.kube.api import Kube
+from agent.kube.events import EventRecorder
 from agent.metrics import Metrics
 from agent.server import HealthServer
 from agent.settings import AgentSettings
 from agent.storage.s3 import warm_up
+from agent.velero.locations import LocationResolver
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,8 @@ class Agent:
         self.metrics = Metrics()
         self.restorer: Restorer = restorer or DataPathRestorer(self.metrics, settings.repository)
         self.uploader: Uploader = uploader or DataPathUploader(self.metrics, settings.repository)
+        self.maintainer: Maintainer = DataPathMaintainer(self.metrics, settings.repository)
+        self.maintenance: Maintenance | None = None
         self.controller: DataDownloadController | None = None
         self.uploads: DataUploadController | None = None
         self.server: HealthServer | None = None
@@ -61,11 +67,29 @@ class Agent:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(downloads.run(stop, image), name="datadownloads")
                     tg.create_task(uploads.run(stop, image), name="datauploads")
+                    if s.maintenance_interval_s > 0:
+                        tg.create_task(self._maintain(kube, stop), name="maintenance")
                 log.info("agent stopped")
             finally:
                 await self.server.stop()
         finally:
             await kube.aclose()
+
+    async def _maintain(self, kube: Kube, stop: asyncio.Event) -> None:
+        """Repository maintenance (``agent.controller.maintenance``) while this agent holds its Lease."""
+        s = self.settings
+        with tempfile.TemporaryDirectory(prefix="ferry-maintenance-") as state_dir:  # CA bundles of locations
+            maintenance = self.maintenance = Maintenance(
+                kube,
+                self.maintainer,
+                self.metrics,
+                EventRecorder(kube, s.node_name),
+                LocationResolver(kube, s.credentials_file, state_dir),
+                interval_s=s.maintenance_interval_s,
+                grace_s=s.maintenance_grace_s,
+            )
+            identity = f"{s.node_name}/{s.pod_name}" if s.pod_name else s.node_name
+            await while_leading(kube, identity, lambda: maintenance.run(stop), stop)
 
     async def _own_image(self, kube: Kube) -> str:
         """The image of this agent's own container (backup and restore pods run it): the pod's first

@@ -4,20 +4,27 @@ the agent's metrics on the way."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
 from agent.backup.writer import create_snapshot
-from agent.controller.jobs import BackupJob, Progress, RestoreJob, Uploaded
-from agent.errors import FerryError
+from agent.controller.jobs import BackupJob, Maintained, Progress, RestoreJob, Uploaded, VeleroSnapshot
+from agent.errors import FerryError, NoRepository, ObjectNotFound, RepositoryError
 from agent.metrics import Metrics
 from agent.pipeline.restore import restore
 from agent.pipeline.transfer import TransferStats
+from agent.repo.check import check_repository
 from agent.repo.config import open_or_init, open_repository
+from agent.repo.index import read_index
+from agent.repo.locks import GARBAGE
+from agent.repo.prune import prune
+from agent.repo.repository import created_at, summary_of
 from agent.settings import RepositorySettings
 from agent.storage.base import ObjectInfo, Storage
 from agent.storage.s3 import S3Storage
 from agent.storage.url import velero_repository_prefix
+from agent.velero.locations import StorageLocation
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +144,79 @@ class DataPathUploader:
             log.warning("not backed up: %s", problem, extra={"dataupload": job.key})
         skipped = tuple(str(p) for p in result.skipped)
         return Uploaded(result.snapshot_id, result.size, result.new_stored_bytes, skipped)
+
+
+_BACKUP_NAME = "velero.io/backup-name"
+_BACKUP_UID = "velero.io/backup-uid"
+"""The snapshot source fields a DataUpload's backup is recorded in (``agent.controller.datauploads``)."""
+_BACKUP_JSON_LIMIT = 16 * 1024 * 1024
+
+
+class DataPathMaintainer:
+    """Implements ``agent.controller.jobs.Maintainer`` with S3 storage and ``agent.repo``."""
+
+    def __init__(self, metrics: Metrics, repository: RepositorySettings | None = None) -> None:
+        self._metrics = metrics
+        self._repository = repository or RepositorySettings()
+
+    async def snapshots(self, location: StorageLocation) -> list[VeleroSnapshot]:
+        found: list[VeleroSnapshot] = []
+        top = await S3Storage.open(location.s3, location.bucket, location.prefix)
+        async with top:
+            namespaces = await top.subdirectories("ferry/")
+        for namespace in namespaces:
+            prefix = velero_repository_prefix(location.prefix, namespace)
+            async with await S3Storage.open(location.s3, location.bucket, prefix) as storage:
+                try:
+                    repo = await open_repository(storage, self._repository, location.repository_password)
+                except NoRepository:
+                    continue  # something else under ferry/: not a repository of ours
+                summaries = (await read_index(repo)).snapshots if repo.config is not None else {}
+                for snapshot_id in await repo.snapshot_ids():
+                    summary = summaries.get(snapshot_id)
+                    if summary is None:
+                        try:
+                            summary = summary_of(await repo.read_manifest(snapshot_id))
+                        except RepositoryError as e:
+                            log.warning("snapshot %s in %s cannot be read: %s", snapshot_id, storage.describe(), e)
+                            continue
+                    source = summary.get("source")
+                    if not isinstance(source, dict):
+                        continue
+                    name = str(source.get(_BACKUP_NAME, ""))
+                    if not name:
+                        continue
+                    created = created_at(str(summary.get("created", ""))).timestamp()
+                    found.append(
+                        VeleroSnapshot(namespace, snapshot_id, name, str(source.get(_BACKUP_UID, "")), created)
+                    )
+        return found
+
+    async def backup_in_location(self, location: StorageLocation, name: str) -> str | None:
+        async with await S3Storage.open(location.s3, location.bucket, location.prefix) as top:
+            try:
+                stored = await top.get(f"backups/{name}/velero-backup.json", max_bytes=_BACKUP_JSON_LIMIT)
+            except ObjectNotFound:
+                return None
+        try:
+            return str(((json.loads(stored) or {}).get("metadata") or {}).get("uid", ""))
+        except (ValueError, AttributeError):
+            return ""  # there, but unreadable: it exists, which is all that keeps its snapshots
+
+    async def forget_and_prune(
+        self, location: StorageLocation, namespace: str, snapshot_ids: list[str], grace_s: float
+    ) -> Maintained:
+        prefix = velero_repository_prefix(location.prefix, namespace)
+        async with await S3Storage.open(location.s3, location.bucket, prefix) as storage:
+            # Writing refuses a format 1 repository (read-only until upgraded): only when there is something to do.
+            repo = await open_repository(
+                storage, self._repository, location.repository_password, write=bool(snapshot_ids)
+            )
+            for snapshot_id in snapshot_ids:
+                await repo.forget(snapshot_id)
+            deleted = marked = 0
+            if repo.config is not None and (snapshot_ids or await storage.list(GARBAGE)):  # to mark, or to sweep
+                pruned = await prune(repo, grace_s=grace_s)
+                deleted, marked = pruned.deleted_bytes, pruned.marked_bytes
+            report = await check_repository(repo)
+        return Maintained(len(snapshot_ids), deleted, marked, tuple(str(d) for d in report.damage))

@@ -58,6 +58,18 @@ class Metrics:
             "Chunks that failed decompression or their BLAKE3 check (each fetch counts)",
             registry=r,
         )
+        self.maintenance_passes = Counter(
+            "ferry_maintenance_passes", "Repository maintenance passes this agent ran (as the leader)", registry=r
+        )
+        self.maintenance_failures = Counter(
+            "ferry_maintenance_failures",
+            "Storage locations a maintenance pass could not maintain, or found damaged",
+            registry=r,
+        )
+        self.snapshots_forgotten = Counter(
+            "ferry_snapshots_forgotten", "Snapshots forgotten because their Velero backup no longer exists", registry=r
+        )
+        self.pruned_bytes = Counter("ferry_pruned_bytes", "Bytes of packs deleted by maintenance prunes", registry=r)
         self.inflight_bytes = Gauge(
             "ferry_inflight_bytes", "Fetched bytes not yet written, over all running restores", registry=r
         )

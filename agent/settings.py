@@ -395,6 +395,12 @@ class AgentSettings:
     orphan_grace_s: float = 60.0
     """Seconds another node's agent gets to stop a canceled or deleted restore it holds, or to clean up one
     that ended, before any agent does it instead: that agent or its node is gone."""
+    maintenance_interval_s: float = 3600.0
+    """Seconds between repository maintenance passes (forgetting the snapshots of deleted Velero backups,
+    prune, check), run by one agent of the cluster (Lease ``ferry-maintenance``). 0: no maintenance."""
+    maintenance_grace_s: float = 3600.0
+    """Seconds a snapshot's Velero backup must have been missing (and the snapshot made) before it is
+    forgotten; also the prune's grace period."""
     restore: RestoreSettings = field(default_factory=RestoreSettings)
     """Defaults for every restore; a DataDownload's ``spec.dataMoverConfig`` may override some."""
     snapshot: SnapshotSettings = field(default_factory=SnapshotSettings)
@@ -420,6 +426,8 @@ class AgentSettings:
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.maintenance_interval_s < 0 or self.maintenance_grace_s < 0:
+            raise ConfigError("the maintenance interval and grace period cannot be negative")
         if self.log_format not in ("json", "text"):
             raise ConfigError(f"log format {self.log_format!r} must be json or text")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -438,6 +446,8 @@ _AGENT_PARSERS: dict[str, Callable[[str, str], object]] = {
     "prepare_timeout_s": parse_seconds,
     "unschedulable_grace_s": parse_seconds,
     "orphan_grace_s": parse_seconds,
+    "maintenance_interval_s": lambda text, what: 0.0 if text.strip() == "0" else parse_seconds(text, what),
+    "maintenance_grace_s": lambda text, what: 0.0 if text.strip() == "0" else parse_seconds(text, what),
 }
 
 

@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from agent.errors import ObjectNotFound, ObjectTruncated
+from agent.errors import ObjectNotFound, ObjectTruncated, StorageError
 from agent.pipeline.plan import plan_block, plan_tree
 from agent.pipeline.restore import restore
 from agent.repo.config import open_repository
@@ -58,7 +58,7 @@ class MemoryStorage(Storage):
         return data[:length] if len(data) > length else data
 
     async def put(self, key: str, data: bytes) -> None:
-        raise NotImplementedError
+        raise StorageError("memory storage is read-only")  # a restore's reader lock: it goes on without
 
     async def put_new(self, key: str, data: bytes) -> bool:
         raise NotImplementedError
@@ -73,7 +73,12 @@ class MemoryStorage(Storage):
         return sorted(k for k in self._whole if k.startswith(prefix))
 
     async def sizes(self, prefix: str) -> dict[str, int]:
-        raise NotImplementedError  # restores only: nothing here lists sizes
+        """The extent of what was loaded of each object: a restore checks its packs reach its chunks."""
+        return {
+            key: max((offset + len(data) for offset, data in ranges.items()), default=0)
+            for key, ranges in self._ranges.items()
+            if key.startswith(prefix)
+        }
 
     async def aclose(self) -> None:
         return None

@@ -105,6 +105,8 @@ def _change(image: Path, rng: random.Random) -> None:
 
 def pruning(work: Path, server: SeaweedServer, env: dict[str, str], size: int, days: int, keep: int) -> dict[str, Any]:
     image = work / "data" / "daily.img"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    (work / "out").mkdir(exist_ok=True)
     write_mixed_file(image, size, seed=3)
     bucket = asyncio.run(make_bucket(server))
     repo = FerryRepo(server.endpoint, bucket, work, env, encrypted=True, prefix="daily")
@@ -139,17 +141,23 @@ def pruning(work: Path, server: SeaweedServer, env: dict[str, str], size: int, d
         "kept_snapshots_need_bytes": needed,
         "freed_fraction": 1 - after / before,
         "marked_packs": mark["marked_packs"],
+        "repacked_packs": mark["repacked_packs"],
+        "repacked_bytes": mark["repacked_bytes"],
         "deleted_packs": sweep["deleted_packs"],
         "prune_seconds": seconds,
     }
 
 
-def run(work: Path, size: int, runs: int, days: int, keep: int, log: Any = print) -> dict[str, Any]:
+def run(
+    work: Path, size: int, runs: int, days: int, keep: int, log: Any = print, prune_only: bool = False
+) -> dict[str, Any]:
     server = SeaweedServer(work / "seaweedfs").start()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    enc: dict[str, Any] = {}
     try:
-        log(f"encryption: restoring a {size // MiB} MiB image, {runs} runs each")
-        enc = encryption(work, server, env, size, runs)
+        if not prune_only:
+            log(f"encryption: restoring a {size // MiB} MiB image, {runs} runs each")
+            enc = encryption(work, server, env, size, runs)
         log(f"prune: {days} daily backups of {size // 4 // MiB} MiB, keeping {keep}")
         prune = pruning(work, server, env, max(size // 4, 4 * MiB), days, keep)
     finally:
@@ -164,22 +172,28 @@ def main() -> None:
     p.add_argument("--days", type=int, default=10)
     p.add_argument("--keep", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one run: the benchmark still works")
+    p.add_argument("--prune-only", action="store_true", help="only the prune part (sizes, not times)")
     args = p.parse_args()
     if args.smoke:
         args.runs, args.size_mib, args.days, args.keep = 1, 16, 3, 1
     with tempfile.TemporaryDirectory(prefix="ferry-lifecycle-", dir="/var/tmp") as tmp:
-        result = run(Path(tmp), args.size_mib * MiB, args.runs, args.days, args.keep)
+        result = run(Path(tmp), args.size_mib * MiB, args.runs, args.days, args.keep, prune_only=args.prune_only)
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("lifecycle-smoke.json" if args.smoke else "lifecycle.json")
+    name = "lifecycle-smoke" if args.smoke else "lifecycle-prune" if args.prune_only else "lifecycle"
+    out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     e, pr = result["encryption"], result["prune"]
+    if e:
+        sys.stdout.write(
+            f"restore, encrypted: {e['encrypted']['process']['GBps']:.3f} GB/s, "
+            f"{e['encrypted']['process']['cpu_s_per_GB']:.2f} CPU s/GB; unencrypted: "
+            f"{e['unencrypted']['process']['GBps']:.3f} GB/s, {e['unencrypted']['process']['cpu_s_per_GB']:.2f} "
+            "CPU s/GB\n"
+        )
     sys.stdout.write(
-        f"restore, encrypted: {e['encrypted']['process']['GBps']:.3f} GB/s, "
-        f"{e['encrypted']['process']['cpu_s_per_GB']:.2f} CPU s/GB; unencrypted: "
-        f"{e['unencrypted']['process']['GBps']:.3f} GB/s, {e['unencrypted']['process']['cpu_s_per_GB']:.2f} CPU s/GB\n"
-        f"prune: {pr['stored_bytes_before'] / MiB:.1f} MiB stored before, {pr['stored_bytes_after'] / MiB:.1f} MiB "
-        f"after ({100 * pr['freed_fraction']:.0f}% freed; the kept snapshots need "
-        f"{pr['kept_snapshots_need_bytes'] / MiB:.1f} MiB)\n{out}\n"
+        f"prune (repacking {pr['repacked_packs']} packs): {pr['stored_bytes_before'] / MiB:.1f} MiB stored before, "
+        f"{pr['stored_bytes_after'] / MiB:.1f} MiB after ({100 * pr['freed_fraction']:.0f}% freed; the kept "
+        f"snapshots need {pr['kept_snapshots_need_bytes'] / MiB:.1f} MiB)\n{out}\n"
     )
 
 

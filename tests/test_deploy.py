@@ -60,7 +60,9 @@ def _grants(group: str, resources: list[str], verbs: list[str]) -> set[Rule]:
 ROLE_GRANTS: set[Rule] = (
     _grants("velero.io", ["datauploads", "datadownloads"], ["get", "list", "watch", "patch"])
     | _grants("velero.io", ["datauploads/status", "datadownloads/status"], ["patch"])
-    | _grants("velero.io", ["backupstoragelocations"], ["get"])
+    | _grants("velero.io", ["backupstoragelocations"], ["get", "list"])
+    | _grants("velero.io", ["backups"], ["list"])
+    | _grants("coordination.k8s.io", ["leases"], ["get", "create", "update"])
     | _grants("", ["secrets"], ["get"])
     | _grants("", ["events"], ["create"])
     | _grants("", ["pods"], ["get", "create", "delete"])

@@ -67,3 +67,45 @@ class Uploader(Protocol):
     async def __call__(self, job: BackupJob, progress: Progress) -> Uploaded:
         """Snapshot the source into the repository; raise a FerryError saying why it could not. Cancelling
         the caller stops it; no manifest is written for a snapshot that did not finish."""
+
+
+@dataclass(frozen=True)
+class VeleroSnapshot:
+    """A snapshot in one of a location's repositories that a Velero backup made (its source records the
+    backup's name and UID)."""
+
+    namespace: str
+    """The repository's source namespace."""
+    snapshot_id: str
+    backup_name: str
+    backup_uid: str
+    created: float
+    """Seconds since the epoch (0 when unknown)."""
+
+
+@dataclass(frozen=True)
+class Maintained:
+    """What one repository's maintenance did."""
+
+    forgotten: int
+    deleted_bytes: int
+    """Bytes of packs the prune deleted (marked by an earlier one)."""
+    marked_bytes: int
+    """Bytes of packs it marked (deleted by the next run at least the grace period later)."""
+    damage: tuple[str, ...]
+    """What the structural check found wrong, each "what: problem"."""
+
+
+class Maintainer(Protocol):
+    async def snapshots(self, location: StorageLocation) -> list[VeleroSnapshot]:
+        """Every Velero-made snapshot in the location's Ferry repositories. Raises FerryError."""
+
+    async def backup_in_location(self, location: StorageLocation, name: str) -> str | None:
+        """The UID recorded in the location's ``backups/<name>/velero-backup.json`` ("" if it has none), or
+        None when the location holds no such backup. Raises FerryError."""
+
+    async def forget_and_prune(
+        self, location: StorageLocation, namespace: str, snapshot_ids: list[str], grace_s: float
+    ) -> Maintained:
+        """Forget the snapshots (none: only the rest), prune the repository with that grace period if that
+        forgot any or earlier marks wait to be swept, check its structure. Raises FerryError."""

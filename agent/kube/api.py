@@ -92,6 +92,11 @@ class Kube:
             raise KubeError(f"cannot load Kubernetes credentials from {where}: {e}") from e
         return cls(client.ApiClient(configuration), namespace)
 
+    @property
+    def api_client(self) -> client.ApiClient:
+        """The kubernetes_asyncio client, for its own helpers (leader election's ``LeaseLock``)."""
+        return self._api
+
     async def aclose(self) -> None:
         await self._api.close()
 

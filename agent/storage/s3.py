@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 import aiohttp
 import botocore.exceptions
 import botocore.loaders
+import botocore.parsers
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
@@ -300,6 +301,19 @@ class S3Storage(Storage):
 
         await self._call("DELETE", key, op)
 
+    async def subdirectories(self, prefix: str) -> list[str]:
+        """The names one level below ``prefix`` (which ends with "/") that hold objects: S3's common
+        prefixes with the delimiter "/", so the objects below them are not listed."""
+
+        async def op() -> list[str]:
+            base = self._prefix + prefix
+            paginator = self.client.get_paginator("list_objects_v2")
+            pages = [page async for page in paginator.paginate(Bucket=self._bucket, Prefix=base, Delimiter="/")]
+            names = {p["Prefix"][len(base) :].rstrip("/") for page in pages for p in page.get("CommonPrefixes", [])}
+            return sorted(n for n in names if n)
+
+        return await self._call("LIST", prefix, op)
+
     async def list(self, prefix: str) -> list[str]:
         async def op() -> list[str]:
             keys: list[str] = []
@@ -357,6 +371,14 @@ class S3Storage(Storage):
             except TimeoutError as e:
                 error = TransientStorageError(
                     f"{op_name} {key!r} on {self.describe()} took longer than {s.request_timeout_s:g} s"
+                )
+                error.__cause__ = e
+            except (botocore.parsers.ResponseParserError, ValueError) as e:
+                # An answer that does not parse (an XML listing with a flipped byte; botocore's parsers raise
+                # ValueError for a damaged number) was damaged on the way: ask again.
+                error = TransientStorageError(
+                    f"{op_name} {key!r} on {self.describe()}: the answer could not be parsed ({type(e).__name__}), "
+                    "will retry"
                 )
                 error.__cause__ = e
             except (

@@ -19,6 +19,7 @@ from agent.kube.times import parse_time
 DATADOWNLOADS = CustomResource("velero.io", "v2alpha1", "datadownloads", "datadownload")
 DATAUPLOADS = CustomResource("velero.io", "v2alpha1", "datauploads", "dataupload")
 BACKUP_STORAGE_LOCATIONS = CustomResource("velero.io", "v1", "backupstoragelocations", "backupstoragelocation")
+BACKUPS = CustomResource("velero.io", "v1", "backups", "backup")
 API_VERSION = DATADOWNLOADS.group_version
 
 NEW = "New"

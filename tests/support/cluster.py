@@ -280,6 +280,8 @@ def agent_settings(cluster: Cluster, node: str, **overrides: Any) -> AgentSettin
         "volume_poll_interval_s": 0.05,
         "shutdown_grace_s": 5.0,
         "credentials_file": str(cluster.kubelet_root.parent / f"no-credentials-{node}"),
+        # Repository maintenance only where a test asks for it (tests/test_velero_maintenance.py).
+        "maintenance_interval_s": 0.0,
     }
     values.update(overrides)
     return AgentSettings(**values)

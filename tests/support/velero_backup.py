@@ -163,12 +163,13 @@ async def start_backup(
     version: str = "1.18",
     config: dict[str, str] | None = None,
     wait_handle: bool = True,
+    backup_uid: str = "",
 ) -> Backup:
     """Steps 1–3. ``wait_handle=False`` creates the DataUpload without waiting for the snapshot (Velero
     always waits; tests of a snapshot that is not ready yet use it)."""
     claim = kube.get("persistentvolumeclaims", pvc, namespace=namespace)
     assert claim is not None, f"no PVC {namespace}/{pvc}"
-    backup_uid = str(uuid.uuid4())
+    backup_uid = backup_uid or str(uuid.uuid4())  # a Backup object's UID, when the test made one
     vs = kube.create(
         VS,
         {

@@ -258,6 +258,10 @@ class KubeServer:
 
         await self._until(lambda: current() is None, timeout, lambda: "still there: " + json.dumps(current()))
 
+    async def wait_until(self, ready: Callable[[], bool], timeout: float, describe: Callable[[], str]) -> None:
+        """Return once ``ready()`` holds; re-checked on every write to the store, never by polling."""
+        await self._until(ready, timeout, describe)
+
     async def _until(self, ready: Callable[[], bool], timeout: float, describe: Callable[[], str]) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

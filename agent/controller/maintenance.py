@@ -1,0 +1,273 @@
+"""Repository maintenance: forgetting the snapshots of Velero backups that no longer exist, then pruning
+and checking the repositories, in exactly one agent of the cluster.
+
+Velero deletes the data of a deleted or expired backup only for its own data mover
+(``pkg/datamover/dataupload_delete_action.go`` does nothing for others), so Ferry finds such snapshots
+itself. A snapshot records the backup's name and UID (``agent.controller.datauploads``). Its backup
+exists while either
+
+- a Backup of that name and UID is in Velero's namespace, not being deleted (a backup still being
+  written: its ``velero-backup.json`` is uploaded only at its end), or
+- the storage location holds ``backups/<name>/velero-backup.json`` with that UID (or none): a backup
+  synced from another cluster (a synced Backup object gets a new UID from this cluster's API server), or
+  one not synced yet.
+
+A snapshot whose backup has not existed, seen from this agent, for the grace period (and made longer
+ago than that) is forgotten; then the repository is pruned with the same grace period and its
+structure checked. Each pass reports an Event on the BackupStorageLocation and counts in metrics.
+
+One agent runs it: the holder of the Lease ``ferry-maintenance`` in Velero's namespace, through
+kubernetes_asyncio's leader election (``LeaseLock``). That library lets some errors escape ``run()``
+without stopping the leader's work and logs expected conflicts as errors with tracebacks, so the
+election runs here inside a task this module owns: the maintenance loop runs only while the election
+task runs and has led, and is cancelled when it ends for any reason; its logger is quietened and the
+transitions are logged here instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
+from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
+
+from agent.aio.taskgroups import task_group
+from agent.controller.jobs import Maintainer, VeleroSnapshot
+from agent.errors import FerryError
+from agent.kube.api import Kube
+from agent.kube.events import EventRecorder, ObjectRef
+from agent.metrics import Metrics
+from agent.velero.locations import SERVED_PROVIDERS, LocationResolver
+from agent.velero.objects import BACKUP_STORAGE_LOCATIONS, BACKUPS
+
+log = logging.getLogger(__name__)
+
+LEASE = "ferry-maintenance"
+LEASE_DURATION_S = 15
+RENEW_DEADLINE_S = 10
+RETRY_PERIOD_S = 2
+"""Lease timings: a leader that cannot renew stops its work within the renew deadline, before the lease
+expires for the others (duration > deadline + retry period)."""
+DELETING = "Deleting"
+
+
+@dataclass
+class PassReport:
+    """One maintenance pass over every storage location."""
+
+    locations: int = 0
+    snapshots: int = 0
+    """Velero-made snapshots seen."""
+    missing: int = 0
+    """Of those, whose backup does not exist now (forgotten once it has not for the grace period)."""
+    forgotten: int = 0
+    deleted_bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Maintenance:
+    """Reconciles snapshots with Velero's backups (module docstring); ``pass_once`` is one pass, ``run``
+    repeats it every ``interval_s`` while this agent leads."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        maintainer: Maintainer,
+        metrics: Metrics,
+        events: EventRecorder,
+        resolver: LocationResolver,
+        *,
+        interval_s: float,
+        grace_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kube = kube
+        self.maintainer = maintainer
+        self.metrics = metrics
+        self.events = events
+        self.resolver = resolver
+        self.interval_s = interval_s
+        self.grace_s = grace_s
+        self.clock = clock
+        self.missing_since: dict[tuple[str, str], float] = {}
+        """(location, snapshot ID) -> when this agent first saw its backup missing (monotonic seconds)."""
+        self.passes = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Passes every ``interval_s`` until ``stop`` is set (a failed pass is logged; the next one runs)."""
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await self.pass_once()
+            except FerryError as e:
+                log.warning("repository maintenance failed: %s", e)
+            remaining = self.interval_s - (time.monotonic() - started)
+            if remaining > 0:
+                try:
+                    async with asyncio.timeout(remaining):
+                        await stop.wait()
+                except TimeoutError:
+                    pass
+
+    async def pass_once(self) -> PassReport:
+        """Reconcile every S3 storage location once. Raises KubeError if Backups or locations cannot be
+        listed; a location that cannot be maintained is reported (log, Event, metric) and passed over."""
+        report = PassReport()
+        backups, _ = await self.kube.list_objects(BACKUPS)
+        in_cluster: dict[str, tuple[str, bool]] = {}
+        for b in backups:
+            meta = b.get("metadata") or {}
+            deleting = (b.get("status") or {}).get("phase") == DELETING or bool(meta.get("deletionTimestamp"))
+            in_cluster[str(meta.get("name", ""))] = (str(meta.get("uid", "")), deleting)
+        locations, _ = await self.kube.list_objects(BACKUP_STORAGE_LOCATIONS)
+        for bsl in locations:
+            if str((bsl.get("spec") or {}).get("provider", "")) not in SERVED_PROVIDERS:
+                continue
+            report.locations += 1
+            try:
+                await self._location(bsl, in_cluster, report)
+            except FerryError as e:
+                name = (bsl.get("metadata") or {}).get("name", "")
+                report.errors.append(f"{name}: {e}")
+                self.metrics.maintenance_failures.inc()
+                log.warning("maintenance of BackupStorageLocation %s failed: %s", name, e)
+                await self.events.record(_ref(bsl), "MaintenanceFailed", str(e)[:1024], "Warning")
+        self.passes += 1
+        self.metrics.maintenance_passes.inc()
+        return report
+
+    async def _location(
+        self, bsl: dict[str, object], in_cluster: dict[str, tuple[str, bool]], report: PassReport
+    ) -> None:
+        meta = bsl.get("metadata")
+        name = str(meta.get("name", "")) if isinstance(meta, dict) else ""
+        location = await self.resolver.resolve(name)
+        snapshots = await self.maintainer.snapshots(location)
+        report.snapshots += len(snapshots)
+        in_location: dict[str, str | None] = {}
+        now, wall = self.clock(), time.time()
+        doomed: dict[str, list[VeleroSnapshot]] = {}
+        seen: set[tuple[str, str]] = set()
+        for snap in snapshots:
+            key = (name, snap.snapshot_id)
+            seen.add(key)
+            uid, deleting = in_cluster.get(snap.backup_name, ("", False))
+            alive = bool(uid) and not deleting and (uid == snap.backup_uid or not snap.backup_uid)
+            if not alive:
+                if snap.backup_name not in in_location:
+                    in_location[snap.backup_name] = await self.maintainer.backup_in_location(location, snap.backup_name)
+                recorded = in_location[snap.backup_name]
+                alive = recorded is not None and (recorded in ("", snap.backup_uid) or not snap.backup_uid)
+            if alive:
+                self.missing_since.pop(key, None)
+                continue
+            report.missing += 1
+            since = self.missing_since.setdefault(key, now)
+            if now - since >= self.grace_s and wall - snap.created >= self.grace_s:
+                doomed.setdefault(snap.namespace, []).append(snap)
+        for key in [k for k in self.missing_since if k[0] == name and k not in seen]:
+            del self.missing_since[key]  # forgotten (by us or by hand)
+        for namespace in sorted({s.namespace for s in snapshots} | set(doomed)):
+            snaps = doomed.get(namespace, [])
+            done = await self.maintainer.forget_and_prune(
+                location, namespace, [s.snapshot_id for s in snaps], self.grace_s
+            )
+            for s in snaps:
+                self.missing_since.pop((name, s.snapshot_id), None)
+            report.forgotten += done.forgotten
+            report.deleted_bytes += done.deleted_bytes
+            self.metrics.snapshots_forgotten.inc(done.forgotten)
+            self.metrics.pruned_bytes.inc(done.deleted_bytes)
+            pruned = f"prune deleted {done.deleted_bytes} bytes and marked {done.marked_bytes} bytes to delete later"
+            if snaps:
+                backups = ", ".join(sorted({s.backup_name for s in snaps}))
+                message = (
+                    f"forgot {done.forgotten} snapshots of namespace {namespace} whose Velero backups no longer "
+                    f"exist ({backups}); {pruned}"
+                )
+                log.info(message, extra={"location": name})
+                await self.events.record(_ref(bsl), "SnapshotsForgotten", message[:1024])
+            elif done.deleted_bytes:
+                message = f"repository of namespace {namespace}: {pruned}"
+                log.info(message, extra={"location": name})
+                await self.events.record(_ref(bsl), "RepositoryPruned", message[:1024])
+            if done.damage:
+                self.metrics.maintenance_failures.inc()
+                damage = f"the repository of namespace {namespace} is damaged: " + "; ".join(done.damage[:5])
+                log.warning(damage, extra={"location": name})
+                await self.events.record(_ref(bsl), "RepositoryDamaged", damage[:1024], "Warning")
+
+
+def _ref(bsl: dict[str, object]) -> ObjectRef:
+    meta = bsl.get("metadata")
+    m = meta if isinstance(meta, dict) else {}
+    return ObjectRef(
+        BACKUP_STORAGE_LOCATIONS.group_version,
+        "BackupStorageLocation",
+        str(m.get("namespace", "")),
+        str(m.get("name", "")),
+        str(m.get("uid", "")),
+        str(m.get("resourceVersion", "")),
+    )
+
+
+async def while_leading(
+    kube: Kube,
+    identity: str,
+    work: Callable[[], Coroutine[Any, Any, None]],
+    stop: asyncio.Event,
+    lease: str = LEASE,
+) -> None:
+    """Run ``work()`` while this process holds the Lease ``lease`` in Velero's namespace, until ``stop`` is
+    set; stand again for election whenever leadership is lost. ``work`` is cancelled when it is."""
+    logging.getLogger("kubernetes_asyncio.leaderelection").setLevel(logging.CRITICAL)
+    while not stop.is_set():
+        led = asyncio.Event()
+
+        async def started(led: asyncio.Event = led) -> None:
+            led.set()
+
+        async def stopped() -> None:
+            return None
+
+        config = electionconfig.Config(
+            LeaseLock(lease, kube.namespace, identity, kube.api_client),
+            lease_duration=LEASE_DURATION_S,
+            renew_deadline=RENEW_DEADLINE_S,
+            retry_period=RETRY_PERIOD_S,
+            onstarted_leading=started,
+            onstopped_leading=stopped,
+        )
+        election = leaderelection.LeaderElection(config)
+        async with task_group() as tg:
+            elect = tg.create_task(_elect(election), name="leader election")
+            stopping = tg.create_task(stop.wait(), name="leader election stop")
+            leading = tg.create_task(led.wait(), name="leader election won")
+            await asyncio.wait({elect, stopping, leading}, return_when=asyncio.FIRST_COMPLETED)
+            if led.is_set() and not elect.done() and not stop.is_set():
+                log.info("leading repository maintenance", extra={"lease": lease, "identity": identity})
+                worker = tg.create_task(work(), name="maintenance")
+                await asyncio.wait({elect, stopping, worker}, return_when=asyncio.FIRST_COMPLETED)
+                worker.cancel()
+                if not stop.is_set():
+                    log.info("no longer leading repository maintenance", extra={"lease": lease})
+            for task in (elect, stopping, leading):
+                task.cancel()
+        if not stop.is_set():
+            try:  # before standing again: a lost lease means the API server was unreachable
+                async with asyncio.timeout(RETRY_PERIOD_S):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+
+
+async def _elect(election: leaderelection.LeaderElection) -> None:
+    try:
+        await election.run()
+    except Exception as e:  # noqa: BLE001 - any failure of the library's loop is a lost election
+        log.warning("leader election for repository maintenance stopped: %s: %s", type(e).__name__, e)
