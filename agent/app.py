@@ -87,6 +87,8 @@ class Agent:
                 LocationResolver(kube, s.credentials_file, state_dir),
                 interval_s=s.maintenance_interval_s,
                 grace_s=s.maintenance_grace_s,
+                datamover=s.datamover,
+                watch_timeout_s=s.watch_timeout_s,
             )
             identity = f"{s.node_name}/{s.pod_name}" if s.pod_name else s.node_name
             await while_leading(kube, identity, lambda: maintenance.run(stop), stop)

@@ -9,7 +9,15 @@ import logging
 import time
 
 from agent.backup.writer import create_snapshot
-from agent.controller.jobs import BackupJob, Maintained, Progress, RestoreJob, Uploaded, VeleroSnapshot
+from agent.controller.jobs import (
+    BackupJob,
+    Inventory,
+    Maintained,
+    Progress,
+    RestoreJob,
+    Uploaded,
+    VeleroSnapshot,
+)
 from agent.errors import FerryError, NoRepository, ObjectNotFound, RepositoryError
 from agent.metrics import Metrics
 from agent.pipeline.restore import restore
@@ -18,7 +26,7 @@ from agent.repo.check import check_repository
 from agent.repo.config import open_or_init, open_repository
 from agent.repo.index import read_index
 from agent.repo.locks import GARBAGE
-from agent.repo.prune import prune
+from agent.repo.prune import prune as prune_repository
 from agent.repo.repository import created_at, summary_of
 from agent.settings import RepositorySettings
 from agent.storage.base import ObjectInfo, Storage
@@ -159,8 +167,9 @@ class DataPathMaintainer:
         self._metrics = metrics
         self._repository = repository or RepositorySettings()
 
-    async def snapshots(self, location: StorageLocation) -> list[VeleroSnapshot]:
+    async def inventory(self, location: StorageLocation) -> Inventory:
         found: list[VeleroSnapshot] = []
+        repositories: list[str] = []
         top = await S3Storage.open(location.s3, location.bucket, location.prefix)
         async with top:
             namespaces = await top.subdirectories("ferry/")
@@ -171,6 +180,7 @@ class DataPathMaintainer:
                     repo = await open_repository(storage, self._repository, location.repository_password)
                 except NoRepository:
                     continue  # something else under ferry/: not a repository of ours
+                repositories.append(namespace)
                 summaries = (await read_index(repo)).snapshots if repo.config is not None else {}
                 for snapshot_id in await repo.snapshot_ids():
                     summary = summaries.get(snapshot_id)
@@ -187,10 +197,16 @@ class DataPathMaintainer:
                     if not name:
                         continue
                     created = created_at(str(summary.get("created", ""))).timestamp()
-                    found.append(
-                        VeleroSnapshot(namespace, snapshot_id, name, str(source.get(_BACKUP_UID, "")), created)
-                    )
-        return found
+                    uid = str(source.get(_BACKUP_UID, ""))
+                    found.append(VeleroSnapshot(namespace, snapshot_id, name, uid, created))
+        return Inventory(tuple(repositories), tuple(found))
+
+    async def forget(self, location: StorageLocation, namespace: str, snapshot_ids: list[str]) -> None:
+        prefix = velero_repository_prefix(location.prefix, namespace)
+        async with await S3Storage.open(location.s3, location.bucket, prefix) as storage:
+            repo = await open_repository(storage, self._repository, location.repository_password, write=True)
+            for snapshot_id in snapshot_ids:
+                await repo.forget(snapshot_id)
 
     async def backup_in_location(self, location: StorageLocation, name: str) -> str | None:
         async with await S3Storage.open(location.s3, location.bucket, location.prefix) as top:
@@ -204,7 +220,7 @@ class DataPathMaintainer:
             return ""  # there, but unreadable: it exists, which is all that keeps its snapshots
 
     async def forget_and_prune(
-        self, location: StorageLocation, namespace: str, snapshot_ids: list[str], grace_s: float
+        self, location: StorageLocation, namespace: str, snapshot_ids: list[str], grace_s: float, *, prune: bool
     ) -> Maintained:
         prefix = velero_repository_prefix(location.prefix, namespace)
         async with await S3Storage.open(location.s3, location.bucket, prefix) as storage:
@@ -215,8 +231,8 @@ class DataPathMaintainer:
             for snapshot_id in snapshot_ids:
                 await repo.forget(snapshot_id)
             deleted = marked = 0
-            if repo.config is not None and (snapshot_ids or await storage.list(GARBAGE)):  # to mark, or to sweep
-                pruned = await prune(repo, grace_s=grace_s)
+            if repo.config is not None and (prune or snapshot_ids or await storage.list(GARBAGE)):
+                pruned = await prune_repository(repo, grace_s=grace_s)
                 deleted, marked = pruned.deleted_bytes, pruned.marked_bytes
             report = await check_repository(repo)
         return Maintained(len(snapshot_ids), deleted, marked, tuple(str(d) for d in report.damage))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.controller.jobs import Maintained, VeleroSnapshot
+from agent.controller.jobs import Inventory, Maintained, VeleroSnapshot
 from agent.controller.maintenance import Maintenance
 from agent.errors import SnapshotNotFound
 from agent.kube.api import Kube
@@ -22,6 +22,7 @@ from agent.kube.events import EventRecorder
 from agent.metrics import Metrics
 from agent.storage.s3 import S3Storage
 from agent.velero.locations import LocationResolver, StorageLocation
+from agent.velero.objects import SNAPSHOT_FINALIZER
 from tests.support.cluster import Cluster
 from tests.support.data import tree_differences
 from tests.support.kube.clients import backup as backup_object
@@ -118,14 +119,18 @@ class _Repositories:
         self.in_location = in_location
         self.forgotten: list[str] = []
 
-    async def snapshots(self, location: StorageLocation) -> list[VeleroSnapshot]:
-        return [s for s in self.listed if s.snapshot_id not in self.forgotten]
+    async def inventory(self, location: StorageLocation) -> Inventory:
+        left = tuple(s for s in self.listed if s.snapshot_id not in self.forgotten)
+        return Inventory(("app",), left)
 
     async def backup_in_location(self, location: StorageLocation, name: str) -> str | None:
         return self.in_location.get(name)
 
+    async def forget(self, location: StorageLocation, namespace: str, snapshot_ids: list[str]) -> None:
+        self.forgotten.extend(snapshot_ids)
+
     async def forget_and_prune(
-        self, location: StorageLocation, namespace: str, snapshot_ids: list[str], grace_s: float
+        self, location: StorageLocation, namespace: str, snapshot_ids: list[str], grace_s: float, *, prune: bool
     ) -> Maintained:
         self.forgotten.extend(snapshot_ids)
         return Maintained(len(snapshot_ids), 0, 0, ())
@@ -176,3 +181,38 @@ async def test_which_snapshots_a_pass_forgets_and_when(cluster: Cluster, tmp_pat
     events = _reasons(cluster, "SnapshotsForgotten")
     assert len(events) == 1
     assert "(c, d, e)" in str(events[0]["message"])
+
+
+async def test_deleting_the_dataupload_of_a_backup_being_deleted_forgets_its_snapshot_at_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Velero deletes a backup's DataUploads while the Backup is Deleting: the finalizer Ferry put on them as
+    they completed holds each until its snapshot is forgotten. A DataUpload deleted by hand while its backup
+    stays keeps its snapshot; one whose Backup is gone (and has no velero-backup.json) loses it."""
+    grace = {"maintenance_interval_s": 3600.0, "maintenance_grace_s": 3600.0}  # no pass forgets anything here
+    async with world(cluster, tmp_path, **grace) as w:
+        volume = await sample_app(w.sim)
+        uids = {n: cluster.kube.create("backups", backup_object(n), namespace=NS)["metadata"]["uid"] for n in "xyz"}
+        made = {}
+        for name in "xyz":
+            made[name] = await start_backup(cluster.kube, backup_name=name, backup_uid=uids[name])
+            du = await wait_ended(cluster.kube, made[name])
+            assert du["status"]["phase"] == "Completed", du["status"]
+            assert SNAPSHOT_FINALIZER in du["metadata"]["finalizers"]
+        copy = exact_copy(volume, tmp_path / "copy")
+        dus = {n: cluster.kube.get("datauploads", made[n].dataupload, namespace=NS) for n in "xyz"}
+
+        cluster.kube.patch("backups", "x", {"status": {"phase": "Deleting"}}, namespace=NS)
+        cluster.kube.delete("backups", "z", namespace=NS)
+        for name in "xyz":
+            cluster.kube.delete("datauploads", made[name].dataupload, namespace=NS)
+            await cluster.kube.wait_gone("datauploads", made[name].dataupload, NS, timeout=30)
+        forgotten = _reasons(cluster, "SnapshotForgotten")
+        assert sorted(e["involvedObject"]["name"] for e in forgotten) == sorted(  # type: ignore[index]
+            [made["x"].dataupload, made["z"].dataupload]
+        )
+        assert sum(a.metrics.snapshots_forgotten._value.get() for a in w.agents.values()) == 2
+    for name in "xz":
+        with pytest.raises(SnapshotNotFound):
+            await stored_tree(cluster, dus[name], tmp_path / f"gone-{name}")  # type: ignore[arg-type]
+    assert tree_differences(copy, await stored_tree(cluster, dus["y"], tmp_path / "y")) == []  # type: ignore[arg-type]

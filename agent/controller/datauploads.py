@@ -14,7 +14,8 @@
                progress totalBytes == bytesDone (and ``incrementalBytes`` where the CRD has it)
     uploaded   clean up (backup pod, PVC, PV; backup VolumeSnapshot and content, which deletes the storage
                snapshot; Velero's VolumeSnapshot if still there) → Completed with ``status.snapshotID``;
-               the finalizer comes off once every snapshot object is gone
+               the finalizer comes off once every snapshot object is gone; with maintenance on, the
+               finalizer ``ferry.dev/snapshot`` goes on (``agent.controller.maintenance`` takes it off)
     InProgress (node=me, nothing running here, not uploaded: the agent restarted) → back up again
     Failed/Canceled: the same cleanup; no snapshot ID is ever recorded for a snapshot not wholly stored
 
@@ -50,6 +51,7 @@ from agent.velero.objects import (
     PREPARED,
     SKIPPED,
     SNAPSHOT_CONTENT,
+    SNAPSHOT_FINALIZER,
     TERMINAL,
     UPLOADED,
     DataUpload,
@@ -239,6 +241,8 @@ class DataUploadController(MoverController[DataUpload]):
             progress=lambda _: full,
             extra={"snapshotID": du.uploaded},
             release=not left,
+            # Maintenance forgets the snapshot when Velero deletes the DataUpload with its backup.
+            hold=SNAPSHOT_FINALIZER if self.settings.maintenance_interval_s > 0 else "",
         )
         return 0.0
 

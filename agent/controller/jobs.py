@@ -96,16 +96,28 @@ class Maintained:
     """What the structural check found wrong, each "what: problem"."""
 
 
+@dataclass(frozen=True)
+class Inventory:
+    """A location's Ferry repositories (by source namespace) and the Velero-made snapshots in them."""
+
+    namespaces: tuple[str, ...]
+    snapshots: tuple[VeleroSnapshot, ...]
+
+
 class Maintainer(Protocol):
-    async def snapshots(self, location: StorageLocation) -> list[VeleroSnapshot]:
-        """Every Velero-made snapshot in the location's Ferry repositories. Raises FerryError."""
+    async def inventory(self, location: StorageLocation) -> Inventory:
+        """Every Ferry repository of the location and the Velero-made snapshots in them. Raises FerryError."""
+
+    async def forget(self, location: StorageLocation, namespace: str, snapshot_ids: list[str]) -> None:
+        """Forget the snapshots (their data stays until a prune). Raises FerryError."""
 
     async def backup_in_location(self, location: StorageLocation, name: str) -> str | None:
         """The UID recorded in the location's ``backups/<name>/velero-backup.json`` ("" if it has none), or
         None when the location holds no such backup. Raises FerryError."""
 
     async def forget_and_prune(
-        self, location: StorageLocation, namespace: str, snapshot_ids: list[str], grace_s: float
+        self, location: StorageLocation, namespace: str, snapshot_ids: list[str], grace_s: float, *, prune: bool
     ) -> Maintained:
-        """Forget the snapshots (none: only the rest), prune the repository with that grace period if that
-        forgot any or earlier marks wait to be swept, check its structure. Raises FerryError."""
+        """Forget the snapshots (none: only the rest), prune the repository with that grace period if
+        ``prune``, if that forgot any, or if earlier marks wait to be swept; check its structure. Raises
+        FerryError."""

@@ -16,6 +16,12 @@ A snapshot whose backup has not existed, seen from this agent, for the grace per
 ago than that) is forgotten; then the repository is pruned with the same grace period and its
 structure checked. Each pass reports an Event on the BackupStorageLocation and counts in metrics.
 
+Faster, for backups deleted through Velero: DataUploads completed while maintenance is on carry the
+finalizer ``ferry.dev/snapshot``. Velero deletes a backup's DataUploads while its Backup is ``Deleting``;
+the leader watches DataUploads, forgets the snapshot of one being deleted whose Backup is ``Deleting``
+or gone (from the cluster and the location), then removes the finalizer (``release``), and the next pass
+prunes that repository. One deleted by hand while its backup stays keeps its snapshot.
+
 One agent runs it: the holder of the Lease ``ferry-maintenance`` in Velero's namespace, through
 kubernetes_asyncio's leader election (``LeaseLock``). That library lets some errors escape ``run()``
 without stopping the leader's work and logs expected conflicts as errors with tracebacks, so the
@@ -30,6 +36,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +45,13 @@ from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
 from agent.aio.taskgroups import task_group
 from agent.controller.jobs import Maintainer, VeleroSnapshot
-from agent.errors import FerryError
-from agent.kube.api import Kube
+from agent.errors import FerryError, KubeNotFound
+from agent.kube.api import Kube, Obj
 from agent.kube.events import EventRecorder, ObjectRef
+from agent.kube.watching import Watcher
 from agent.metrics import Metrics
 from agent.velero.locations import SERVED_PROVIDERS, LocationResolver
-from agent.velero.objects import BACKUP_STORAGE_LOCATIONS, BACKUPS
+from agent.velero.objects import BACKUP_STORAGE_LOCATIONS, BACKUPS, DATAUPLOADS, SNAPSHOT_FINALIZER, DataUpload
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,8 @@ RETRY_PERIOD_S = 2
 """Lease timings: a leader that cannot renew stops its work within the renew deadline, before the lease
 expires for the others (duration > deadline + retry period)."""
 DELETING = "Deleting"
+RELEASE_RETRY_S = 10.0
+"""Seconds before a DataUpload that could not be released is tried again (sooner if it changes)."""
 
 
 @dataclass
@@ -84,6 +94,8 @@ class Maintenance:
         *,
         interval_s: float,
         grace_s: float,
+        datamover: str = "ferry",
+        watch_timeout_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
@@ -94,12 +106,103 @@ class Maintenance:
         self.interval_s = interval_s
         self.grace_s = grace_s
         self.clock = clock
+        self.datamover = datamover
+        self.watch_timeout_s = watch_timeout_s
         self.missing_since: dict[tuple[str, str], float] = {}
         """(location, snapshot ID) -> when this agent first saw its backup missing (monotonic seconds)."""
+        self.to_prune: set[tuple[str, str]] = set()
+        """(location, namespace) of repositories a deleted DataUpload's snapshot was forgotten from."""
+        self.deleted: dict[str, Obj] = {}
+        """DataUploads being deleted that hold ``SNAPSHOT_FINALIZER``, by name (the latest version seen)."""
+        self.wake = asyncio.Event()
+        self.forgotten_for: set[str] = set()
+        """UIDs of DataUploads whose snapshot was forgotten and whose finalizer is still to remove."""
         self.passes = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Passes every ``interval_s`` until ``stop`` is set (a failed pass is logged; the next one runs)."""
+        """Until ``stop`` is set: passes every ``interval_s`` (a failed pass is logged; the next one runs),
+        and DataUploads being deleted released as they come (``release``)."""
+        watcher = Watcher(self.kube, DATAUPLOADS, self.watch_timeout_s, self._deliver)
+        async with task_group() as tg:
+            watch = tg.create_task(watcher.run(), name="watch datauploads being deleted")
+            releases = tg.create_task(self._releases(stop), name="release datauploads")
+            await self._passes(stop)
+            watch.cancel()
+            releases.cancel()
+
+    def _deliver(self, name: str, obj: Obj | None) -> None:
+        meta = (obj or {}).get("metadata") or {}
+        spec = (obj or {}).get("spec") or {}
+        if (
+            obj is not None
+            and meta.get("deletionTimestamp")
+            and SNAPSHOT_FINALIZER in (meta.get("finalizers") or [])
+            and spec.get("datamover") == self.datamover
+        ):
+            self.deleted[name] = obj
+            self.wake.set()
+        else:
+            self.deleted.pop(name, None)
+
+    async def _releases(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.wake.wait()
+            self.wake.clear()
+            retry = False
+            for name, obj in list(self.deleted.items()):
+                try:
+                    await self.release(DataUpload.from_obj(obj))
+                except FerryError as e:
+                    retry = True
+                    log.warning("cannot release DataUpload %s yet: %s", name, e)
+                else:
+                    if self.deleted.get(name) is obj:
+                        del self.deleted[name]
+            if retry:  # the watch wakes this for a newer version; else try again after a while
+                try:
+                    async with asyncio.timeout(RELEASE_RETRY_S):
+                        await self.wake.wait()
+                except TimeoutError:
+                    self.wake.set()
+
+    async def release(self, du: DataUpload) -> bool:
+        """A DataUpload being deleted with ``SNAPSHOT_FINALIZER``: forget its snapshot if its backup is being
+        deleted (the Backup with its name and UID is Deleting) or gone (no such Backup, and no
+        ``velero-backup.json`` with its UID in its location), then remove the finalizer. Returns whether the
+        snapshot was forgotten. Raises FerryError (the finalizer stays; it is tried again)."""
+        name, uid = du.backup
+        forget = False
+        location = None
+        if name and du.snapshot_id:
+            backups, _ = await self.kube.list_objects(BACKUPS)
+            found = next((b for b in backups if (b.get("metadata") or {}).get("name") == name), None)
+            meta = (found or {}).get("metadata") or {}
+            if found is not None and (meta.get("uid") == uid or not uid):
+                forget = (found.get("status") or {}).get("phase") == DELETING or bool(meta.get("deletionTimestamp"))
+            else:
+                location = await self.resolver.resolve(du.storage_location)
+                recorded = await self.maintainer.backup_in_location(location, name)
+                forget = recorded is None or bool(uid and recorded and recorded != uid)
+        if forget and du.uid not in self.forgotten_for:  # once, though removing the finalizer may be retried
+            location = location or await self.resolver.resolve(du.storage_location)
+            await self.maintainer.forget(location, du.source_namespace, [du.snapshot_id])
+            self.forgotten_for.add(du.uid)
+            self.to_prune.add((location.name, du.source_namespace))
+            self.metrics.snapshots_forgotten.inc()
+            message = (
+                f"forgot snapshot {du.snapshot_id[:16]} of namespace {du.source_namespace}: Velero backup {name} is "
+                f"being deleted or is gone (DataUpload {du.name} deleted); the next maintenance pass prunes its data"
+            )
+            log.info(message, extra={"dataupload": du.key})
+            await self.events.record(du.ref(), "SnapshotForgotten", message[:1024])
+        kept = [f for f in du.finalizers if f != SNAPSHOT_FINALIZER]
+        patch = {"metadata": {"resourceVersion": du.resource_version, "finalizers": kept}}
+        with suppress(KubeNotFound):  # gone: released already
+            await self.kube.patch_object(DATAUPLOADS, du.name, patch, status=False)
+        self.forgotten_for.discard(du.uid)
+        return forget
+
+    async def _passes(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             started = time.monotonic()
             try:
@@ -147,7 +250,8 @@ class Maintenance:
         meta = bsl.get("metadata")
         name = str(meta.get("name", "")) if isinstance(meta, dict) else ""
         location = await self.resolver.resolve(name)
-        snapshots = await self.maintainer.snapshots(location)
+        inventory = await self.maintainer.inventory(location)
+        snapshots = inventory.snapshots
         report.snapshots += len(snapshots)
         in_location: dict[str, str | None] = {}
         now, wall = self.clock(), time.time()
@@ -172,11 +276,13 @@ class Maintenance:
                 doomed.setdefault(snap.namespace, []).append(snap)
         for key in [k for k in self.missing_since if k[0] == name and k not in seen]:
             del self.missing_since[key]  # forgotten (by us or by hand)
-        for namespace in sorted({s.namespace for s in snapshots} | set(doomed)):
+        for namespace in sorted(set(inventory.namespaces) | set(doomed)):
             snaps = doomed.get(namespace, [])
+            asked = (name, namespace) in self.to_prune
             done = await self.maintainer.forget_and_prune(
-                location, namespace, [s.snapshot_id for s in snaps], self.grace_s
+                location, namespace, [s.snapshot_id for s in snaps], self.grace_s, prune=asked
             )
+            self.to_prune.discard((name, namespace))
             for s in snaps:
                 self.missing_since.pop((name, s.snapshot_id), None)
             report.forgotten += done.forgotten

@@ -621,11 +621,13 @@ class MoverController(ABC, Generic[T]):
         extra: Obj | None = None,
         anyone: bool = False,
         release: bool = False,
+        hold: str = "",
     ) -> T | None:
         """Move to a terminal phase (with completionTimestamp and message, and the ``extra`` status fields) if
         the object is still in one of ``from_phases`` and handled here (``anyone``: by whichever agent, e.g.
         a prepare timeout); with ``release``, drop our finalizer in the same write (nothing is left to clean
-        up). Record the Event. Returns the written object or None."""
+        up); ``hold``: a finalizer to add in the same write. Record the Event. Returns the written object or
+        None."""
         stamp = timestamp(now())
 
         def change(cur: T) -> Obj | None:
@@ -639,11 +641,12 @@ class MoverController(ABC, Generic[T]):
             return fields
 
         def metadata(cur: T) -> Obj | None:
-            return (
-                {"finalizers": [f for f in cur.finalizers if f != FINALIZER]} if FINALIZER in cur.finalizers else None
-            )
+            kept = [f for f in cur.finalizers if f != FINALIZER or not release]
+            if hold and hold not in kept:
+                kept.append(hold)
+            return {"finalizers": kept} if kept != list(cur.finalizers) else None
 
-        written = await self.write(dd, change, metadata if release else None)
+        written = await self.write(dd, change, metadata if release or hold else None)
         if written is None:
             return None
         self.ended.labels(phase).inc()

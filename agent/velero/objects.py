@@ -53,6 +53,10 @@ REBIND_STARTED = "ferry.dev/rebind-started"
 FINALIZER = "ferry.dev/cleanup"
 """Held while anything Ferry exposed for the object may exist (restore or backup pod, PVC, PV; a backup's
 VolumeSnapshots): deleting the object then waits until the agent has removed them."""
+SNAPSHOT_FINALIZER = "ferry.dev/snapshot"
+"""Put on a DataUpload as it completes when the agents run repository maintenance: deleting it (as Velero
+does when it deletes the backup) waits until the maintaining agent has forgotten its snapshot, if its
+backup is being deleted or gone, or found that the backup still exists (``agent.controller.maintenance``)."""
 SNAPSHOT_CONTENT = "ferry.dev/snapshot-content"
 """Annotation of a DataUpload, written before the exposer touches it: the VolumeSnapshotContent Velero's
 VolumeSnapshot was bound to (the cleanup deletes it even once that VolumeSnapshot is gone)."""
