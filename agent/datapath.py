@@ -173,33 +173,41 @@ class DataPathMaintainer:
         top = await S3Storage.open(location.s3, location.bucket, location.prefix)
         async with top:
             namespaces = await top.subdirectories("ferry/")
+        problems: list[str] = []
         for namespace in namespaces:
-            prefix = velero_repository_prefix(location.prefix, namespace)
-            async with await S3Storage.open(location.s3, location.bucket, prefix) as storage:
-                try:
-                    repo = await open_repository(storage, self._repository, location.repository_password)
-                except NoRepository:
-                    continue  # something else under ferry/: not a repository of ours
+            try:
+                found.extend(await self._snapshots(location, namespace))
                 repositories.append(namespace)
-                summaries = (await read_index(repo)).snapshots if repo.config is not None else {}
-                for snapshot_id in await repo.snapshot_ids():
-                    summary = summaries.get(snapshot_id)
-                    if summary is None:
-                        try:
-                            summary = summary_of(await repo.read_manifest(snapshot_id))
-                        except RepositoryError as e:
-                            log.warning("snapshot %s in %s cannot be read: %s", snapshot_id, storage.describe(), e)
-                            continue
-                    source = summary.get("source")
-                    if not isinstance(source, dict):
+            except NoRepository:
+                continue  # something else under ferry/: not a repository of ours
+            except FerryError as e:  # this one only (a wrong password, damage): the others are still visited
+                problems.append(f"the repository of namespace {namespace}: {e}")
+        return Inventory(tuple(repositories), tuple(found), tuple(problems))
+
+    async def _snapshots(self, location: StorageLocation, namespace: str) -> list[VeleroSnapshot]:
+        found: list[VeleroSnapshot] = []
+        prefix = velero_repository_prefix(location.prefix, namespace)
+        async with await S3Storage.open(location.s3, location.bucket, prefix) as storage:
+            repo = await open_repository(storage, self._repository, location.repository_password)
+            summaries = (await read_index(repo)).snapshots if repo.config is not None else {}
+            for snapshot_id in await repo.snapshot_ids():
+                summary = summaries.get(snapshot_id)
+                if summary is None:
+                    try:
+                        summary = summary_of(await repo.read_manifest(snapshot_id))
+                    except RepositoryError as e:
+                        log.warning("snapshot %s in %s cannot be read: %s", snapshot_id, storage.describe(), e)
                         continue
-                    name = str(source.get(_BACKUP_NAME, ""))
-                    if not name:
-                        continue
-                    created = created_at(str(summary.get("created", ""))).timestamp()
-                    uid = str(source.get(_BACKUP_UID, ""))
-                    found.append(VeleroSnapshot(namespace, snapshot_id, name, uid, created))
-        return Inventory(tuple(repositories), tuple(found))
+                source = summary.get("source")
+                if not isinstance(source, dict):
+                    continue
+                name = str(source.get(_BACKUP_NAME, ""))
+                if not name:
+                    continue
+                created = created_at(str(summary.get("created", ""))).timestamp()
+                uid = str(source.get(_BACKUP_UID, ""))
+                found.append(VeleroSnapshot(namespace, snapshot_id, name, uid, created))
+        return found
 
     async def forget(self, location: StorageLocation, namespace: str, snapshot_ids: list[str]) -> None:
         prefix = velero_repository_prefix(location.prefix, namespace)

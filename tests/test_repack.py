@@ -5,20 +5,23 @@ packs deleted, and every snapshot still restores byte for byte through the index
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from agent.backup.writer import create_snapshot
-from agent.errors import StorageError
+from agent.errors import ConfigError, RepositoryError, StorageError
 from agent.pipeline.restore import restore
 from agent.repo.check import check_repository
 from agent.repo.config import init_repository
 from agent.repo.crypto import KdfParams
-from agent.repo.index import INDEX, index_objects, read_index
+from agent.repo.index import INDEX, decode_index, encode_index, index_key, index_objects, read_index
 from agent.repo.locks import GARBAGE, LOCKS, reader_lock
-from agent.repo.prune import prune
+from agent.repo.prune import prune, repair_index
 from agent.repo.repository import Repository, pack_key, snapshot_key
 from agent.repo.stats import repository_stats
 from agent.settings import MiB, RestoreSettings, SnapshotSettings
@@ -90,8 +93,12 @@ async def test_half_used_packs_are_repacked_and_the_kept_snapshot_restores_throu
         assert 3.9 * MiB <= marked.repacked_bytes <= 4.2 * MiB, "not the live half of the old packs"
         assert marked.marked_packs == len(old_packs)
         assert marked.unused_bytes <= 0.05 * (before - 4 * MiB)
-        # Marked, not yet deleted: the kept snapshot already reads the new places.
+        # Marked, not yet deleted: the kept snapshot already reads the new places, and stats and check agree
+        # that the old packs are used by nothing.
         await _restores(repo, kept.snapshot_id, new, tmp_path / "a.img")
+        unused = (await check_repository(repo)).unreferenced_bytes
+        assert unused >= 4 * MiB
+        assert (await repository_stats(repo)).unreferenced_bytes == unused
 
         swept = await prune(repo, grace_s=0, pack_bytes=1 * MiB)
         assert swept.deleted_packs == len(old_packs)
@@ -148,6 +155,7 @@ async def test_a_chunk_that_does_not_verify_is_not_copied_and_its_pack_is_kept(t
     await repo.forget(first.snapshot_id)
     report = await prune(repo, grace_s=0, max_unused=0.0, pack_bytes=1 * MiB)
     assert any(name in n and "does not verify" in n for n in report.notes), report.notes
+    assert report.repacked_bytes <= report.written_bytes, "bytes not copied were counted as repacked"
     await prune(repo, grace_s=0, max_unused=0.0, pack_bytes=1 * MiB)
     assert name in await repo.pack_sizes(), "a pack holding a chunk that could not be copied was deleted"
     damage = (await check_repository(repo, read_data=True)).damage
@@ -222,13 +230,16 @@ class _IndexVanishes(LocalStorage):
     def __init__(self, root: str) -> None:
         super().__init__(root)
         self.replaced = False
+        self.replacement = ""
 
     async def get(self, key: str, max_bytes: int | None = None) -> bytes:
         if key.startswith(INDEX) and not self.replaced:
             self.replaced = True
-            data = await super().get(key, max_bytes)
+            packs, records, snapshots = decode_index(await super().get(key, max_bytes), None, 1 << 30, "index")
+            merged = encode_index(packs, records, {**snapshots, "0" * 64: {}}, None)  # what a prune writes
+            self.replacement = index_key(merged)
+            await super().put(self.replacement, merged)
             await super().delete(key)
-            await super().put(INDEX + "f" * 64, data)
         return await super().get(key, max_bytes)
 
 
@@ -239,7 +250,7 @@ async def test_an_index_object_replaced_while_it_is_read_is_found_again(tmp_path
     vanishing = Repository(_IndexVanishes(str(tmp_path / "repo")), config=repo.config, master=repo.master)
     objects, unreadable = await index_objects(vanishing)
     assert not unreadable
-    assert [o.key for o in objects] == [INDEX + "f" * 64]
+    assert [o.key for o in objects] == [vanishing.storage.replacement]  # type: ignore[attr-defined]
     assert sum(len(o.records) for o in objects) == made.chunks
     assert len((await read_index(repo)).chunks) == made.chunks
 
@@ -267,3 +278,162 @@ def test_the_command_line_repacks_and_checks_its_limit(tmp_path: Path) -> None:
     restored = ferry("restore", "--repo", root, "--snapshot", second.stdout.strip(), str(tmp_path / "out.img"))
     assert restored.returncode == 0, restored.stderr
     assert (tmp_path / "out.img").read_bytes() == (tmp_path / "new.img").read_bytes()
+
+
+async def _repacked(tmp_path: Path) -> tuple[Repository, str, bytes]:
+    """A repository where a prune repacked the kept snapshot's chunks and marked the old packs (grace 0)."""
+    repo = await _repo(LocalStorage(str(tmp_path / "repo")))
+    old = random.Random(21).randbytes(8 * MiB)
+    new = _half_changed(old, 22)
+    (tmp_path / "old.img").write_bytes(old)
+    (tmp_path / "new.img").write_bytes(new)
+    first = await create_snapshot(repo, str(tmp_path / "old.img"), SETTINGS)
+    kept = await create_snapshot(repo, str(tmp_path / "new.img"), SETTINGS)
+    await repo.forget(first.snapshot_id)
+    report = await prune(repo, grace_s=0, pack_bytes=1 * MiB)
+    assert report.repacked_packs
+    assert report.marked_packs
+    return repo, kept.snapshot_id, new
+
+
+class _Gated(LocalStorage):
+    """Holds a prune just before it deletes a pack, and a reader just before it lists the marks."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.hold_pack_delete: asyncio.Event | None = None
+        self.at_pack_delete = asyncio.Event()
+        self.hold_mark_listing: asyncio.Event | None = None
+        self.at_mark_listing = asyncio.Event()
+
+    async def delete(self, key: str) -> None:
+        if key.startswith("packs/") and self.hold_pack_delete is not None:
+            self.at_pack_delete.set()
+            await self.hold_pack_delete.wait()
+        await super().delete(key)
+
+    async def list(self, prefix: str) -> list[str]:
+        if prefix == GARBAGE and self.hold_mark_listing is not None:
+            self.at_mark_listing.set()
+            await self.hold_mark_listing.wait()
+        return await super().list(prefix)
+
+
+async def test_a_restore_starting_while_a_prune_sweeps_reads_no_deleted_pack(tmp_path: Path) -> None:
+    """The restore's lock is written after the prune looked for readers, and it reads the marks while the
+    prune is about to delete packs: it must not take those packs for usable (found by a break-test: it read
+    the packs before the deletion and the marks after, and failed with "pack ... is missing")."""
+    repo, kept, data = await _repacked(tmp_path)
+    pruner, reader = _Gated(str(tmp_path / "repo")), _Gated(str(tmp_path / "repo"))
+    pruner.hold_pack_delete, reader.hold_mark_listing = asyncio.Event(), asyncio.Event()
+    sweeping = asyncio.create_task(prune(Repository(pruner, config=repo.config, master=repo.master), grace_s=0))
+    await asyncio.wait_for(pruner.at_pack_delete.wait(), 30)  # no reader seen; about to delete
+    rrepo = Repository(reader, config=repo.config, master=repo.master)
+    restoring = asyncio.create_task(restore(rrepo, kept, str(tmp_path / "out.img"), RestoreSettings()))
+    await asyncio.wait_for(reader.at_mark_listing.wait(), 30)  # the restore holds its lock
+    pruner.hold_pack_delete.set()
+    assert (await asyncio.wait_for(sweeping, 60)).deleted_packs  # packs, then marks, deleted
+    reader.hold_mark_listing.set()
+    await asyncio.wait_for(restoring, 60)
+    assert (tmp_path / "out.img").read_bytes() == data
+
+
+class _FlipIndexOnce(LocalStorage):
+    """The first read of each index object arrives with a byte flipped (in transit: the stored one is intact)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.flipped: set[str] = set()
+
+    async def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        data = await super().get(key, max_bytes)
+        if key.startswith(INDEX) and key not in self.flipped:
+            self.flipped.add(key)
+            damaged = bytearray(data)
+            damaged[len(damaged) // 2] ^= 1
+            return bytes(damaged)
+        return data
+
+
+async def test_an_index_object_damaged_in_transit_is_fetched_again_and_prune_keeps_moved_chunks(
+    tmp_path: Path,
+) -> None:
+    """Found by a break-test: a prune that read the index with a byte flipped on the way took it for
+    unreadable, marked the repacked pack, and the next prune deleted it (the kept snapshot was lost)."""
+    repo, kept, data = await _repacked(tmp_path)
+    await prune(repo, grace_s=0, pack_bytes=1 * MiB)  # the old packs are swept: chunks are where the index says
+    flaky = Repository(_FlipIndexOnce(str(tmp_path / "repo")), config=repo.config, master=repo.master)
+    assert (await prune(flaky, grace_s=0)).marked_packs == 0
+    await prune(repo, grace_s=0)
+    await _restores(repo, kept, data, tmp_path / "out.img")
+
+
+async def test_prune_refuses_while_an_index_object_cannot_be_read_and_repair_index_mends_it(tmp_path: Path) -> None:
+    repo, kept, data = await _repacked(tmp_path)
+    await prune(repo, grace_s=0, pack_bytes=1 * MiB)
+    [key] = await repo.storage.list(INDEX)
+    path = tmp_path / "repo" / key
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 1
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(RepositoryError, match=r"does not hash to its name .* repair-index"):
+        await prune(repo, grace_s=0)
+    assert not await repo.storage.list(GARBAGE)
+    await repair_index(repo)
+    for _ in range(2):
+        await prune(repo, grace_s=0)
+    await _restores(repo, kept, data, tmp_path / "out.img")
+    assert not (await check_repository(repo, read_data=True)).damage
+
+
+async def test_a_lost_index_object_does_not_make_prune_delete_the_packs_it_described(tmp_path: Path) -> None:
+    """Chunks a repack moved are found through the index; with its object deleted by hand, prune reads the
+    trailers of the packs no index object names, so it still sees where those chunks are."""
+    repo, kept, data = await _repacked(tmp_path)
+    await prune(repo, grace_s=0, pack_bytes=1 * MiB)
+    for key in await repo.storage.list(INDEX):
+        await repo.storage.delete(key)
+    for _ in range(2):
+        await prune(repo, grace_s=0)
+    await _restores(repo, kept, data, tmp_path / "out.img")
+
+
+async def test_repair_index_between_a_repack_and_its_sweep_keeps_the_new_places(tmp_path: Path) -> None:
+    repo, kept, data = await _repacked(tmp_path)
+    await repair_index(repo)
+    swept = await prune(repo, grace_s=0, pack_bytes=1 * MiB)
+    assert swept.kept_packs == 0, "the rebuilt index sent readers back to the packs being removed"
+    assert swept.repacked_packs == 0
+    await _restores(repo, kept, data, tmp_path / "out.img")
+
+
+async def test_a_killed_prune_s_lock_on_this_machine_does_not_hold_the_next_one(tmp_path: Path) -> None:
+    repo = await _repo(LocalStorage(str(tmp_path / "repo")))
+    dead = subprocess.run(["true"], check=True)  # a process that has ended: its pid is free
+    body = {"host": socket.gethostname(), "pid": 2**22 + 12345, "started": 0}
+    assert dead.returncode == 0
+    await repo.storage.put(f"{LOCKS}prune", json.dumps(body).encode())
+    await prune(repo, grace_s=0)
+    await repo.storage.put(f"{LOCKS}prune", json.dumps({**body, "host": "elsewhere"}).encode())
+    with pytest.raises(ConfigError, match=r"another prune .* goes stale"):
+        await prune(repo, grace_s=0)
+
+
+async def test_packs_of_an_upgraded_format_1_repository_are_repacked_too(tmp_path: Path) -> None:
+    """Format 1 packs have no trailer and no index describes them: their unused part counts from their size
+    (found by a break-test: prune reported 0 B unused and never repacked them)."""
+    old = random.Random(31).randbytes(8 * MiB)
+    new = _half_changed(old, 32)
+    (tmp_path / "old.img").write_bytes(old)
+    (tmp_path / "new.img").write_bytes(new)
+    bare = Repository(LocalStorage(str(tmp_path / "repo")))  # no config: written as format 1
+    first = await create_snapshot(bare, str(tmp_path / "old.img"), SETTINGS)
+    kept = await create_snapshot(bare, str(tmp_path / "new.img"), SETTINGS)
+    repo = (await init_repository(LocalStorage(str(tmp_path / "repo")), None, None)).repository
+    assert repo.config is not None
+    await repo.forget(first.snapshot_id)
+    report = await prune(repo, grace_s=0, pack_bytes=1 * MiB)
+    assert report.repacked_packs >= 7
+    await prune(repo, grace_s=0, pack_bytes=1 * MiB)
+    assert await _pack_bytes(repo) <= 8.3 * MiB
+    await _restores(repo, kept.snapshot_id, new, tmp_path / "out.img")

@@ -16,7 +16,7 @@ import pytest
 
 from agent.controller.jobs import Inventory, Maintained, VeleroSnapshot
 from agent.controller.maintenance import Maintenance
-from agent.errors import SnapshotNotFound
+from agent.errors import NoRepository, SnapshotNotFound
 from agent.kube.api import Kube
 from agent.kube.events import EventRecorder
 from agent.metrics import Metrics
@@ -216,3 +216,56 @@ async def test_deleting_the_dataupload_of_a_backup_being_deleted_forgets_its_sna
         with pytest.raises(SnapshotNotFound):
             await stored_tree(cluster, dus[name], tmp_path / f"gone-{name}")  # type: ignore[arg-type]
     assert tree_differences(copy, await stored_tree(cluster, dus["y"], tmp_path / "y")) == []  # type: ignore[arg-type]
+
+
+class _OneFails(_Repositories):
+    """Repository "a-old" cannot be written (a format 1 one, say); "b" can. Records the locations visited."""
+
+    def __init__(self, snapshots: list[VeleroSnapshot]) -> None:
+        super().__init__(snapshots, {})
+        self.visited: list[str] = []
+
+    async def inventory(self, location: StorageLocation) -> Inventory:
+        self.visited.append(location.name)
+        return Inventory(("a-old", "b", "c"), tuple(self.listed), ("the repository of namespace c: wrong password",))
+
+    async def forget_and_prune(
+        self, location: StorageLocation, namespace: str, snapshot_ids: list[str], grace_s: float, *, prune: bool
+    ) -> Maintained:
+        if namespace == "a-old":
+            raise NoRepository("it holds a format 1 Ferry repository, read-only until upgraded")
+        return await super().forget_and_prune(location, namespace, snapshot_ids, grace_s, prune=prune)
+
+
+async def test_a_failing_repository_holds_back_no_other_and_read_only_locations_are_left_alone(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Found by a break-test: one repository that could not be written stopped the whole location's
+    maintenance, pass after pass."""
+    cluster.add_bsl("archive", credential={"name": "ferry-credentials", "key": "cloud"})
+    cluster.kube.patch("backupstoragelocations", "archive", {"spec": {"accessMode": "ReadOnly"}}, namespace=NS)
+    old = time.time() - 7200
+    repos = _OneFails(
+        [VeleroSnapshot("a-old", "1" * 64, "gone-a", "u", old), VeleroSnapshot("b", "2" * 64, "gone-b", "u", old)]
+    )
+    kube = await Kube.connect(str(cluster.kubeconfig), NS)
+    try:
+        with tempfile.TemporaryDirectory() as state:
+            maintenance = Maintenance(
+                kube,
+                repos,
+                Metrics(),
+                EventRecorder(kube, "node-a"),
+                LocationResolver(kube, "/nonexistent", state),
+                interval_s=3600,
+                grace_s=0,
+            )
+            report = await maintenance.pass_once()
+    finally:
+        await kube.aclose()
+    assert repos.forgotten == ["2" * 64]
+    assert repos.visited == ["default"], "a ReadOnly location was maintained"
+    assert len(report.errors) == 2
+    failed = [str(e["message"]) for e in _reasons(cluster, "MaintenanceFailed")]
+    assert any("namespace a-old" in m and "format 1" in m for m in failed), failed
+    assert any("namespace c: wrong password" in m for m in failed), failed

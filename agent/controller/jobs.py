@@ -102,6 +102,8 @@ class Inventory:
 
     namespaces: tuple[str, ...]
     snapshots: tuple[VeleroSnapshot, ...]
+    problems: tuple[str, ...] = ()
+    """Repositories that could not be read (a wrong password, damage), each "namespace N: why"."""
 
 
 class Maintainer(Protocol):

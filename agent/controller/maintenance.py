@@ -62,6 +62,8 @@ RETRY_PERIOD_S = 2
 """Lease timings: a leader that cannot renew stops its work within the renew deadline, before the lease
 expires for the others (duration > deadline + retry period)."""
 DELETING = "Deleting"
+READ_ONLY = "ReadOnly"
+"""``spec.accessMode`` of a BackupStorageLocation Velero only restores from."""
 RELEASE_RETRY_S = 10.0
 """Seconds before a DataUpload that could not be released is tried again (sooner if it changes)."""
 
@@ -231,15 +233,13 @@ class Maintenance:
         for bsl in locations:
             if str((bsl.get("spec") or {}).get("provider", "")) not in SERVED_PROVIDERS:
                 continue
+            if str((bsl.get("spec") or {}).get("accessMode", "")) == READ_ONLY:
+                continue  # Velero's restore-only locations: nothing is written there
             report.locations += 1
             try:
                 await self._location(bsl, in_cluster, report)
             except FerryError as e:
-                name = (bsl.get("metadata") or {}).get("name", "")
-                report.errors.append(f"{name}: {e}")
-                self.metrics.maintenance_failures.inc()
-                log.warning("maintenance of BackupStorageLocation %s failed: %s", name, e)
-                await self.events.record(_ref(bsl), "MaintenanceFailed", str(e)[:1024], "Warning")
+                await self._failed(bsl, str((bsl.get("metadata") or {}).get("name", "")), str(e), report)
         self.passes += 1
         self.metrics.maintenance_passes.inc()
         return report
@@ -276,12 +276,18 @@ class Maintenance:
                 doomed.setdefault(snap.namespace, []).append(snap)
         for key in [k for k in self.missing_since if k[0] == name and k not in seen]:
             del self.missing_since[key]  # forgotten (by us or by hand)
+        for problem in inventory.problems:
+            await self._failed(bsl, name, problem, report)
         for namespace in sorted(set(inventory.namespaces) | set(doomed)):
             snaps = doomed.get(namespace, [])
             asked = (name, namespace) in self.to_prune
-            done = await self.maintainer.forget_and_prune(
-                location, namespace, [s.snapshot_id for s in snaps], self.grace_s, prune=asked
-            )
+            try:
+                done = await self.maintainer.forget_and_prune(
+                    location, namespace, [s.snapshot_id for s in snaps], self.grace_s, prune=asked
+                )
+            except FerryError as e:  # this repository only: the others are still maintained
+                await self._failed(bsl, name, f"the repository of namespace {namespace}: {e}", report)
+                continue
             self.to_prune.discard((name, namespace))
             for s in snaps:
                 self.missing_since.pop((name, s.snapshot_id), None)
@@ -307,6 +313,12 @@ class Maintenance:
                 damage = f"the repository of namespace {namespace} is damaged: " + "; ".join(done.damage[:5])
                 log.warning(damage, extra={"location": name})
                 await self.events.record(_ref(bsl), "RepositoryDamaged", damage[:1024], "Warning")
+
+    async def _failed(self, bsl: Obj, name: str, problem: str, report: PassReport) -> None:
+        report.errors.append(f"{name}: {problem}")
+        self.metrics.maintenance_failures.inc()
+        log.warning("maintenance of BackupStorageLocation %s: %s", name, problem)
+        await self.events.record(_ref(bsl), "MaintenanceFailed", problem[:1024], "Warning")
 
 
 def _ref(bsl: dict[str, object]) -> ObjectRef:

@@ -226,7 +226,7 @@ async def index_objects(repo: Repository) -> tuple[list[IndexObject], list[tuple
             seen.add(key)
             what = f"index object {key[len(INDEX) :][:16]}"
             try:
-                stored = await repo.storage.get(key, max_bytes=limit)
+                stored = await _fetch(repo, key, limit, what)
                 packs, records, snapshots = decode_index(stored, repo.master, limit, what)
             except ObjectNotFound:
                 vanished = True
@@ -239,6 +239,25 @@ async def index_objects(repo: Repository) -> tuple[list[IndexObject], list[tuple
         if not vanished:
             break
     return objects, unreadable
+
+
+async def _fetch(repo: Repository, key: str, limit: int, what: str) -> bytes:
+    """An index object's bytes, checked against its name (their BLAKE3): bytes that differ on each fetch
+    were damaged in transit and are fetched again; the same wrong bytes twice are damage in storage.
+    Raises RepositoryError then, ObjectNotFound and storage errors."""
+    name = key.rsplit("/", 1)[-1]
+    seen: set[str] = set()
+    attempts = repo.settings.manifest_fetch_attempts
+    for _ in range(attempts):
+        stored = await repo.storage.get(key, max_bytes=limit)
+        digest = blake3.blake3(stored).hexdigest()
+        if digest == name:
+            return stored
+        if digest in seen:
+            break
+        seen.add(digest)
+    why = "the same bytes came back twice" if len(seen) < attempts else f"different bytes on each of {attempts} fetches"
+    raise RepositoryError(f"{what} does not hash to its name ({why}): it was altered in storage or on the way")
 
 
 _LISTINGS = 4

@@ -46,8 +46,11 @@ class Locator:
 
     @classmethod
     async def open(cls, repo: Repository) -> Locator:
-        """A locator for ``repo`` as it is now (one listing of the packs and one of the marks)."""
-        return cls(repo, await repo.pack_sizes(), await marked_packs(repo))
+        """A locator for ``repo`` as it is now (one listing of the marks, then one of the packs: a prune
+        deletes a mark only after its packs, so a pack listed here as present and unmarked was not being
+        deleted)."""
+        marked = await marked_packs(repo)
+        return cls(repo, await repo.pack_sizes(), marked)
 
     def usable(self, pack: str, end: int) -> bool:
         """Whether ``pack`` exists, holds ``end`` bytes at least, and no prune has marked it."""

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import socket
 import time
@@ -65,6 +66,7 @@ from agent.repo.locks import (
     held,
     live_locks,
     lock_body,
+    marked_packs,
     read_mark,
 )
 from agent.repo.repository import PACKS, Repository, pack_key, summary_of
@@ -126,16 +128,36 @@ async def _prune_lock(repo: Repository, now: float) -> AsyncIterator[None]:
     body = lock_body(now)
     if not await repo.storage.put_new(PRUNE_LOCK, body):
         info = (await repo.storage.info(PRUNE_LOCK)).get(PRUNE_LOCK)
-        if info is not None and info.modified >= now - STALE_S:
+        if info is not None and info.modified >= now - STALE_S and not await _holder_gone(repo):
             raise ConfigError(
                 f"another prune of {repo.describe()} is running (its lock {PRUNE_LOCK} was written "
-                f"{now - info.modified:.0f} s ago); try again once it has ended"
+                f"{now - info.modified:.0f} s ago); try again once it has ended (a prune killed on another "
+                f"machine leaves a lock that goes stale {STALE_S / 60:.0f} minutes after its last write)"
             )
         await repo.storage.delete(PRUNE_LOCK)  # stale: that prune is gone
         if not await repo.storage.put_new(PRUNE_LOCK, body):
             raise ConfigError(f"another prune of {repo.describe()} started just now; try again once it has ended")
     async with held(repo, PRUNE_LOCK, body):
         yield
+
+
+async def _holder_gone(repo: Repository) -> bool:
+    """Whether the prune lock was written by a process of this machine that no longer runs (killed: its lock
+    was never deleted)."""
+    try:
+        holder = json.loads(await repo.storage.get(PRUNE_LOCK, max_bytes=64 * 1024))
+        pid = int(holder["pid"])
+        if holder.get("host") != socket.gethostname() or pid == os.getpid():
+            return False
+    except (ObjectNotFound, ValueError, KeyError, TypeError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it runs, as another user
+        return False
+    return False
 
 
 async def prune(
@@ -217,6 +239,13 @@ class _Run:
         marks, swept, unreadable_marks = await self._marks(newest, bool(readers))
         marked = {p for listed in marks.values() for p in listed if p in sizes}
         objects, unreadable = await index_objects(repo)
+        if unreadable:
+            key, why = unreadable[0]
+            raise RepositoryError(
+                f"{why}; prune deletes nothing while it cannot tell where every chunk is: `ferry repo repair-index` "
+                f"rebuilds the index from the manifests and packs ({len(unreadable)} index objects cannot be read)"
+            )
+        objects += await _unindexed(repo, objects, sizes)
 
         # 1. What is live, and where each live chunk is read from.
         live: dict[str, dict[bytes, Place]] = {}
@@ -378,6 +407,7 @@ class _Run:
             if any(verdicts):
                 bad = next(v for v in verdicts if v)
                 failed.append(name)
+                report.repacked_bytes -= sum(p.stored for _, p in chunks)
                 report.notes.append(
                     f"pack {name} was not repacked: a chunk in it does not verify ({bad}); `ferry repo check "
                     "--read-data` tells which snapshots need it"
@@ -436,18 +466,41 @@ class _Run:
         return len(await repo.storage.list("index/"))
 
 
+async def _unindexed(repo: Repository, objects: list[IndexObject], sizes: dict[str, int]) -> list[IndexObject]:
+    """The chunks of packs no index object names, from their trailers (an interrupted snapshot's packs, or
+    any whose index object was lost): one object each, with no key (``_compact`` writes them into the
+    index). A lost index object must not make prune take the packs it described for unused."""
+    named = {p for obj in objects for p in obj.packs}
+    found: list[IndexObject] = []
+    limit = asyncio.Semaphore(8)
+
+    async def one(name: str) -> None:
+        async with limit:
+            records = await read_trailer(repo, name, sizes[name])
+        if records:
+            found.append(IndexObject("", [name], records, {}))
+
+    async with task_group() as tg:
+        for name, size in sizes.items():
+            if size > 0 and name not in named:
+                tg.create_task(one(name))
+    return sorted(found, key=lambda o: o.packs[0])
+
+
 def _content(
     objects: list[IndexObject], sizes: dict[str, int], referenced: dict[tuple[str, int], tuple[bytes, int, int]]
 ) -> dict[str, int]:
-    """The bytes of chunks each existing pack holds (its size less its trailer): the places the index and
-    the manifests know in it, each once; a pack neither describes counts as all chunks."""
+    """The bytes of chunks each existing pack holds (its size less its trailer): for a pack the index (or
+    its trailer) describes, the places the index and the manifests know in it, each once; for any other
+    (a format 1 pack, which has no trailer), its size."""
     places = {key: stored for key, (_, stored, _) in referenced.items()}
+    described = {p for obj in objects for p in obj.packs}
     for obj in objects:
         for rec in obj.records:
             places.setdefault((obj.packs[rec.pack], rec.offset), rec.stored)
     content: dict[str, int] = {}
     for (pack, _), stored in places.items():
-        if pack in sizes:
+        if pack in described:
             content[pack] = content.get(pack, 0) + stored
     return {p: min(size, content.get(p, size)) for p, size in sizes.items() if size > 0}
 
@@ -551,30 +604,46 @@ async def repair_index(repo: Repository) -> RepairReport:
         )
     report = RepairReport()
     old = await repo.storage.list("index/")
+    marked = await marked_packs(repo)  # before the listing, as readers do (agent.repo.locate)
     sizes = await repo.pack_sizes()
     index = Index()
+    later: list[tuple[ChunkRecord, str]] = []
+    """Places in marked packs: indexed only for chunks found nowhere else (a repack's old packs)."""
     for snapshot_id in await repo.snapshot_ids():
         try:
             manifest = await repo.read_manifest(snapshot_id)
         except FerryError as e:
             report.unreadable.append(f"{snapshot_id}: {e}")
             continue
-        index.add_all(
-            (r for r in manifest.chunks if r.offset + r.stored <= sizes.get(manifest.packs[r.pack], -1)), manifest.packs
-        )
+        for r in manifest.chunks:
+            pack = manifest.packs[r.pack]
+            if r.offset + r.stored <= sizes.get(pack, -1):
+                if pack in marked:
+                    later.append((r, pack))
+                else:
+                    index.add(r, pack)
         index.snapshots[snapshot_id] = summary_of(manifest)
     limit = asyncio.Semaphore(8)
+    trailers: dict[str, list[ChunkRecord]] = {}
 
     async def trailer(name: str) -> None:
         async with limit:
             records = await read_trailer(repo, name, sizes[name])
         if records:
-            index.add_all(records, [name])
+            trailers[name] = records
 
     async with task_group() as tg:
         for name, size in sizes.items():
             if size >= 0:
                 tg.create_task(trailer(name))
+    for name in sorted(trailers, key=lambda n: (n in marked, n)):
+        if name in marked:
+            for r, pack in later:
+                index.add(r, pack)
+            later = []
+        index.add_all(trailers[name], [name])
+    for r, pack in later:
+        index.add(r, pack)
     new = await write_index(repo, index.packs, list(index.chunks.values()), index.snapshots)
     for key in old:
         if key != new:

@@ -64,7 +64,7 @@ async def repository_stats(repo: Repository) -> RepoStats:
         readable += 1
         restore += manifest.size
         manifest = await locator.relocate(manifest)  # where a prune moved chunks to
-        referenced.update(manifest.packs)
+        referenced.update(manifest.packs[i] for i in set(manifest.chunks.columns().pack))
         for rec in manifest.chunks:
             seen.setdefault(rec.id, (rec.plain, rec.stored))
     return RepoStats(
