@@ -240,11 +240,12 @@ class _Run:
         marked = {p for listed in marks.values() for p in listed if p in sizes}
         objects, unreadable = await index_objects(repo)
         if unreadable:
-            key, why = unreadable[0]
+            _, why = unreadable[0]
             raise RepositoryError(
                 f"{why}; prune deletes nothing while it cannot tell where every chunk is: `ferry repo repair-index` "
                 f"rebuilds the index from the manifests and packs ({len(unreadable)} index objects cannot be read)"
             )
+        stored_objects = len(objects)
         objects += await _unindexed(repo, objects, sizes)
 
         # 1. What is live, and where each live chunk is read from.
@@ -293,7 +294,7 @@ class _Run:
         )
         report.marked_packs = len(candidates)
         report.marked_bytes = sum(max(0, sizes[n]) for n in candidates)
-        report.index_objects = (len(objects) + len(unreadable), len(objects) + len(unreadable))
+        report.index_objects = (stored_objects, stored_objects)
         if self.dry_run:
             return
         # The index first (without the packs about to go, with the place chosen for every chunk read from
@@ -302,7 +303,7 @@ class _Run:
         # next run sweeps again), and writers reuse nothing of a pack a mark still lists.
         if deleted or chosen or len(objects) > 1 or unreadable:
             report.index_objects = (
-                len(objects) + len(unreadable),
+                stored_objects,
                 await self._compact(objects, unreadable, set(sizes) - deleted, marked | set(candidates)),
             )
         if candidates:
