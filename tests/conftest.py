@@ -73,6 +73,16 @@ async def bucket(s3_server: SeaweedServer) -> str:
 
 
 @pytest.fixture(params=["local", "s3"])
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> LocalStorage | S3Storage:
+    """An empty location on each backend, not opened as a repository: a local directory, and a prefix in a
+    fresh S3 bucket (the test closes it)."""
+    if request.param == "local":
+        return LocalStorage(str(tmp_path / "repo"))
+    server: SeaweedServer = request.getfixturevalue("s3_server")
+    return await S3Storage.open(s3_settings_for(server), await make_bucket(server), "velero/ferry/app")
+
+
+@pytest.fixture(params=["local", "s3"])
 async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Repository]:
     """An empty repository on each backend: a local directory, and a prefix in a fresh S3 bucket."""
     if request.param == "local":

@@ -29,7 +29,6 @@ from agent.storage.local import LocalStorage
 from agent.storage.s3 import S3Storage
 from tests.support.cli import ferry
 from tests.support.data import describe_tree, make_sample_tree, write_mixed_image
-from tests.support.seaweed import SeaweedServer, make_bucket, s3_settings_for
 
 CHEAP = KdfParams(memory_kib=8 * 1024, iterations=1, lanes=1)
 """The least Argon2id Ferry accepts: tests open many repositories."""
@@ -44,14 +43,6 @@ def _random_image(path: Path, size: int) -> Path:
 
 async def _encrypted(root: Path) -> Repository:
     return (await init_repository(LocalStorage(str(root)), None, PASSWORD, kdf=CHEAP)).repository
-
-
-@pytest.fixture(params=["local", "s3"])
-async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> LocalStorage | S3Storage:
-    if request.param == "local":
-        return LocalStorage(str(tmp_path / "repo"))
-    server: SeaweedServer = request.getfixturevalue("s3_server")
-    return await S3Storage.open(s3_settings_for(server), await make_bucket(server), "velero/ferry/app")
 
 
 async def test_block_and_filesystem_snapshots_round_trip(storage: LocalStorage | S3Storage, tmp_path: Path) -> None:

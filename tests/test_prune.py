@@ -24,7 +24,6 @@ from agent.settings import MiB, RestoreSettings, SnapshotSettings
 from agent.storage.local import LocalStorage
 from agent.storage.s3 import S3Storage
 from tests.support.cli import ferry
-from tests.support.seaweed import SeaweedServer, make_bucket, s3_settings_for
 
 CHEAP = KdfParams(memory_kib=8 * 1024, iterations=1, lanes=1)
 SETTINGS = SnapshotSettings(pack_bytes=1 * MiB, block_chunk_bytes=128 * 1024)
@@ -48,14 +47,6 @@ async def _restores(repo: Repository, snapshot_id: str, expected: bytes, target:
 
 async def _pack_bytes(repo: Repository) -> int:
     return sum(max(0, s) for s in (await repo.pack_sizes()).values())
-
-
-@pytest.fixture(params=["local", "s3"])
-async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> LocalStorage | S3Storage:
-    if request.param == "local":
-        return LocalStorage(str(tmp_path / "repo"))
-    server: SeaweedServer = request.getfixturevalue("s3_server")
-    return await S3Storage.open(s3_settings_for(server), await make_bucket(server), "velero/ferry/app")
 
 
 async def test_forgotten_snapshots_data_is_marked_then_deleted_and_the_rest_restores(

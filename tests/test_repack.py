@@ -28,7 +28,6 @@ from agent.settings import MiB, RestoreSettings, SnapshotSettings
 from agent.storage.local import LocalStorage
 from agent.storage.s3 import S3Storage
 from tests.support.cli import ferry
-from tests.support.seaweed import SeaweedServer, make_bucket, s3_settings_for
 
 CHEAP = KdfParams(memory_kib=8 * 1024, iterations=1, lanes=1)
 CHUNK = 128 * 1024
@@ -57,14 +56,6 @@ def _half_changed(old: bytes, seed: int, chunk: int = CHUNK) -> bytes:
     for at in range(0, len(old), 2 * chunk):
         out[at : at + chunk] = rng.randbytes(chunk)
     return bytes(out)
-
-
-@pytest.fixture(params=["local", "s3"])
-async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> LocalStorage | S3Storage:
-    if request.param == "local":
-        return LocalStorage(str(tmp_path / "repo"))
-    server: SeaweedServer = request.getfixturevalue("s3_server")
-    return await S3Storage.open(s3_settings_for(server), await make_bucket(server), "velero/ferry/app")
 
 
 async def test_half_used_packs_are_repacked_and_the_kept_snapshot_restores_through_the_index(

@@ -10,11 +10,14 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agent.controller.jobs import Inventory, Maintained, VeleroSnapshot
+from agent.controller.jobs import Inventory, Maintained, Maintainer, VeleroSnapshot
 from agent.controller.maintenance import Maintenance
 from agent.errors import NoRepository, SnapshotNotFound
 from agent.kube.api import Kube
@@ -136,6 +139,25 @@ class _Repositories:
         return Maintained(len(snapshot_ids), 0, 0, ())
 
 
+@asynccontextmanager
+async def _maintenance(cluster: Cluster, repos: Maintainer, **settings: Any) -> AsyncIterator[Maintenance]:
+    """A Maintenance on the cluster (the agent's credentials) over ``repos``, as the leading agent runs it."""
+    kube = await Kube.connect(str(cluster.kubeconfig), NS)
+    try:
+        with tempfile.TemporaryDirectory() as state:
+            yield Maintenance(
+                kube,
+                repos,
+                Metrics(),
+                EventRecorder(kube, "node-a"),
+                LocationResolver(kube, "/nonexistent", state),
+                interval_s=3600,
+                **settings,
+            )
+    finally:
+        await kube.aclose()
+
+
 async def test_which_snapshots_a_pass_forgets_and_when(cluster: Cluster, tmp_path: Path) -> None:
     """Kept: a Backup of that name and UID; one synced (another UID here, the location's record has the
     snapshot's). Forgotten once missing for the grace period: a Backup being deleted, a name reused by a newer
@@ -153,29 +175,15 @@ async def test_which_snapshots_a_pass_forgets_and_when(cluster: Cluster, tmp_pat
     ]
     repos = _Repositories(snaps, {"b": "uid-in-other-cluster", "d": "another-uid"})
     now = [1000.0]
-    kube = await Kube.connect(str(cluster.kubeconfig), NS)
-    try:
-        with tempfile.TemporaryDirectory() as state:
-            maintenance = Maintenance(
-                kube,
-                repos,
-                Metrics(),
-                EventRecorder(kube, "node-a"),
-                LocationResolver(kube, "/nonexistent", state),
-                interval_s=3600,
-                grace_s=600,
-                clock=lambda: now[0],
-            )
-            first = await maintenance.pass_once()
-            assert first.missing == 4
-            assert not repos.forgotten, "forgotten before the grace period"
-            now[0] += 599
-            await maintenance.pass_once()
-            assert not repos.forgotten
-            now[0] += 1
-            second = await maintenance.pass_once()
-    finally:
-        await kube.aclose()
+    async with _maintenance(cluster, repos, grace_s=600, clock=lambda: now[0]) as maintenance:
+        first = await maintenance.pass_once()
+        assert first.missing == 4
+        assert not repos.forgotten, "forgotten before the grace period"
+        now[0] += 599
+        await maintenance.pass_once()
+        assert not repos.forgotten
+        now[0] += 1
+        second = await maintenance.pass_once()
     assert sorted(repos.forgotten) == ["3" * 64, "4" * 64, "5" * 64]
     assert second.forgotten == 3
     events = _reasons(cluster, "SnapshotsForgotten")
@@ -189,8 +197,8 @@ async def test_deleting_the_dataupload_of_a_backup_being_deleted_forgets_its_sna
     """Velero deletes a backup's DataUploads while the Backup is Deleting: the finalizer Ferry put on them as
     they completed holds each until its snapshot is forgotten. A DataUpload deleted by hand while its backup
     stays keeps its snapshot; one whose Backup is gone (and has no velero-backup.json) loses it."""
-    grace = {"maintenance_interval_s": 3600.0, "maintenance_grace_s": 3600.0}  # no pass forgets anything here
-    async with world(cluster, tmp_path, **grace) as w:
+    # No pass forgets anything here: the grace period is an hour.
+    async with world(cluster, tmp_path, maintenance_interval_s=3600.0, maintenance_grace_s=3600.0) as w:
         volume = await sample_app(w.sim)
         uids = {n: cluster.kube.create("backups", backup_object(n), namespace=NS)["metadata"]["uid"] for n in "xyz"}
         made = {}
@@ -248,21 +256,8 @@ async def test_a_failing_repository_holds_back_no_other_and_read_only_locations_
     repos = _OneFails(
         [VeleroSnapshot("a-old", "1" * 64, "gone-a", "u", old), VeleroSnapshot("b", "2" * 64, "gone-b", "u", old)]
     )
-    kube = await Kube.connect(str(cluster.kubeconfig), NS)
-    try:
-        with tempfile.TemporaryDirectory() as state:
-            maintenance = Maintenance(
-                kube,
-                repos,
-                Metrics(),
-                EventRecorder(kube, "node-a"),
-                LocationResolver(kube, "/nonexistent", state),
-                interval_s=3600,
-                grace_s=0,
-            )
-            report = await maintenance.pass_once()
-    finally:
-        await kube.aclose()
+    async with _maintenance(cluster, repos, grace_s=0) as maintenance:
+        report = await maintenance.pass_once()
     assert repos.forgotten == ["2" * 64]
     assert repos.visited == ["default"], "a ReadOnly location was maintained"
     assert len(report.errors) == 2
