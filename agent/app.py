@@ -40,7 +40,6 @@ class Agent:
         self.restorer: Restorer = restorer or DataPathRestorer(self.metrics, settings.repository)
         self.uploader: Uploader = uploader or DataPathUploader(self.metrics, settings.repository)
         self.maintainer: Maintainer = DataPathMaintainer(self.metrics, settings.repository)
-        self.maintenance: Maintenance | None = None
         self.controller: DataDownloadController | None = None
         self.uploads: DataUploadController | None = None
         self.server: HealthServer | None = None
@@ -79,7 +78,7 @@ class Agent:
         """Repository maintenance (``agent.controller.maintenance``) while this agent holds its Lease."""
         s = self.settings
         with tempfile.TemporaryDirectory(prefix="ferry-maintenance-") as state_dir:  # CA bundles of locations
-            maintenance = self.maintenance = Maintenance(
+            maintenance = Maintenance(
                 kube,
                 self.maintainer,
                 self.metrics,

@@ -15,6 +15,7 @@
     ├── RepositoryError               the repository's content is not what the format promises
     │   ├── NoRepository              no Ferry repository at that location (nothing, or something else)
     │   ├── SnapshotNotFound          no manifest under that snapshot ID
+    │   ├── ObjectAltered             a hash-named object's stored bytes do not hash to its name
     │   ├── ManifestInvalid           truncated, tampered, or not a manifest at all
     │   ├── ManifestTooLarge          it describes more than the manifest memory limit allows
     │   ├── UnsupportedFormat         a format major version this Ferry does not read
@@ -115,6 +116,11 @@ class NoRepository(RepositoryError):
 
 class SnapshotNotFound(RepositoryError):
     """There is no manifest for that snapshot ID."""
+
+
+class ObjectAltered(RepositoryError):
+    """An object named by the hash of its bytes (a manifest, an index object) came back twice with the same
+    other bytes: it was altered or cut short where it is stored."""
 
 
 class ManifestInvalid(RepositoryError):

@@ -114,6 +114,11 @@ def parse_seconds(text: str, what: str) -> float:
     return value
 
 
+def parse_seconds_or_zero(text: str, what: str) -> float:
+    """``parse_seconds``, with "0" accepted too (meaning off, or no wait). Raises ConfigError."""
+    return 0.0 if text.strip() == "0" else parse_seconds(text, what)
+
+
 def redact_url(url: str) -> str:
     """A URL fit for messages: any user and password in it replaced by ``***`` (RFC 3986 userinfo)."""
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@", r"\1***@", url.strip())
@@ -446,8 +451,8 @@ _AGENT_PARSERS: dict[str, Callable[[str, str], object]] = {
     "prepare_timeout_s": parse_seconds,
     "unschedulable_grace_s": parse_seconds,
     "orphan_grace_s": parse_seconds,
-    "maintenance_interval_s": lambda text, what: 0.0 if text.strip() == "0" else parse_seconds(text, what),
-    "maintenance_grace_s": lambda text, what: 0.0 if text.strip() == "0" else parse_seconds(text, what),
+    "maintenance_interval_s": parse_seconds_or_zero,
+    "maintenance_grace_s": parse_seconds_or_zero,
 }
 
 

@@ -52,6 +52,9 @@ async def test_flipped_and_truncated_bodies_do_not_fail_restores(
     bucket = await make_bucket(s3_server)
     snapshots = await small_snapshots(s3_server, bucket, tmp_path, 40)
     proxy.flip_percent, proxy.truncate_percent = 10, 10
+    # Fewer damaged fetches in a row than a reader makes: five in a row (a 1-in-1,500 chance per object, 40
+    # manifests here) would rightly end in "could not fetch intact", which the next test covers.
+    proxy.damage_run_limit = 3
     refetches = 0
     async with repository(s3_server, bucket, proxy.endpoint) as repo:
         for n, (snapshot_id, data) in enumerate(snapshots):

@@ -62,6 +62,8 @@ RETRY_PERIOD_S = 2
 """Lease timings: a leader that cannot renew stops its work within the renew deadline, before the lease
 expires for the others (duration > deadline + retry period)."""
 DELETING = "Deleting"
+"""A Backup's ``status.phase`` while Velero deletes it, and a state of ``_in_cluster``."""
+PRESENT, ABSENT = "Present", "Absent"
 READ_ONLY = "ReadOnly"
 """``spec.accessMode`` of a BackupStorageLocation Velero only restores from."""
 RELEASE_RETRY_S = 10.0
@@ -114,12 +116,11 @@ class Maintenance:
         """(location, snapshot ID) -> when this agent first saw its backup missing (monotonic seconds)."""
         self.to_prune: set[tuple[str, str]] = set()
         """(location, namespace) of repositories a deleted DataUpload's snapshot was forgotten from."""
-        self.deleted: dict[str, Obj] = {}
+        self.deleted: dict[str, DataUpload] = {}
         """DataUploads being deleted that hold ``SNAPSHOT_FINALIZER``, by name (the latest version seen)."""
         self.wake = asyncio.Event()
         self.forgotten_for: set[str] = set()
         """UIDs of DataUploads whose snapshot was forgotten and whose finalizer is still to remove."""
-        self.passes = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set: passes every ``interval_s`` (a failed pass is logged; the next one runs),
@@ -133,15 +134,9 @@ class Maintenance:
             releases.cancel()
 
     def _deliver(self, name: str, obj: Obj | None) -> None:
-        meta = (obj or {}).get("metadata") or {}
-        spec = (obj or {}).get("spec") or {}
-        if (
-            obj is not None
-            and meta.get("deletionTimestamp")
-            and SNAPSHOT_FINALIZER in (meta.get("finalizers") or [])
-            and spec.get("datamover") == self.datamover
-        ):
-            self.deleted[name] = obj
+        du = DataUpload.from_obj(obj) if obj is not None else None
+        if du is not None and du.deleting and SNAPSHOT_FINALIZER in du.finalizers and du.datamover == self.datamover:
+            self.deleted[name] = du
             self.wake.set()
         else:
             self.deleted.pop(name, None)
@@ -151,14 +146,14 @@ class Maintenance:
             await self.wake.wait()
             self.wake.clear()
             retry = False
-            for name, obj in list(self.deleted.items()):
+            for name, du in list(self.deleted.items()):
                 try:
-                    await self.release(DataUpload.from_obj(obj))
+                    await self.release(du)
                 except FerryError as e:
                     retry = True
                     log.warning("cannot release DataUpload %s yet: %s", name, e)
                 else:
-                    if self.deleted.get(name) is obj:
+                    if self.deleted.get(name) is du:
                         del self.deleted[name]
             if retry:  # the watch wakes this for a newer version; else try again after a while
                 try:
@@ -176,15 +171,12 @@ class Maintenance:
         forget = False
         location = None
         if name and du.snapshot_id:
-            backups, _ = await self.kube.list_objects(BACKUPS)
-            found = next((b for b in backups if (b.get("metadata") or {}).get("name") == name), None)
-            meta = (found or {}).get("metadata") or {}
-            if found is not None and (meta.get("uid") == uid or not uid):
-                forget = (found.get("status") or {}).get("phase") == DELETING or bool(meta.get("deletionTimestamp"))
+            state = _in_cluster(await self._backups(), name, uid)
+            if state != ABSENT:
+                forget = state == DELETING
             else:
                 location = await self.resolver.resolve(du.storage_location)
-                recorded = await self.maintainer.backup_in_location(location, name)
-                forget = recorded is None or bool(uid and recorded and recorded != uid)
+                forget = not _recorded(await self.maintainer.backup_in_location(location, name), uid)
         if forget and du.uid not in self.forgotten_for:  # once, though removing the finalizer may be retried
             location = location or await self.resolver.resolve(du.storage_location)
             await self.maintainer.forget(location, du.source_namespace, [du.snapshot_id])
@@ -223,12 +215,7 @@ class Maintenance:
         """Reconcile every S3 storage location once. Raises KubeError if Backups or locations cannot be
         listed; a location that cannot be maintained is reported (log, Event, metric) and passed over."""
         report = PassReport()
-        backups, _ = await self.kube.list_objects(BACKUPS)
-        in_cluster: dict[str, tuple[str, bool]] = {}
-        for b in backups:
-            meta = b.get("metadata") or {}
-            deleting = (b.get("status") or {}).get("phase") == DELETING or bool(meta.get("deletionTimestamp"))
-            in_cluster[str(meta.get("name", ""))] = (str(meta.get("uid", "")), deleting)
+        in_cluster = await self._backups()
         locations, _ = await self.kube.list_objects(BACKUP_STORAGE_LOCATIONS)
         for bsl in locations:
             if str((bsl.get("spec") or {}).get("provider", "")) not in SERVED_PROVIDERS:
@@ -240,7 +227,6 @@ class Maintenance:
                 await self._location(bsl, in_cluster, report)
             except FerryError as e:
                 await self._failed(bsl, str((bsl.get("metadata") or {}).get("name", "")), str(e), report)
-        self.passes += 1
         self.metrics.maintenance_passes.inc()
         return report
 
@@ -260,13 +246,11 @@ class Maintenance:
         for snap in snapshots:
             key = (name, snap.snapshot_id)
             seen.add(key)
-            uid, deleting = in_cluster.get(snap.backup_name, ("", False))
-            alive = bool(uid) and not deleting and (uid == snap.backup_uid or not snap.backup_uid)
+            alive = _in_cluster(in_cluster, snap.backup_name, snap.backup_uid) == PRESENT
             if not alive:
                 if snap.backup_name not in in_location:
                     in_location[snap.backup_name] = await self.maintainer.backup_in_location(location, snap.backup_name)
-                recorded = in_location[snap.backup_name]
-                alive = recorded is not None and (recorded in ("", snap.backup_uid) or not snap.backup_uid)
+                alive = _recorded(in_location[snap.backup_name], snap.backup_uid)
             if alive:
                 self.missing_since.pop(key, None)
                 continue
@@ -314,11 +298,36 @@ class Maintenance:
                 log.warning(damage, extra={"location": name})
                 await self.events.record(_ref(bsl), "RepositoryDamaged", damage[:1024], "Warning")
 
+    async def _backups(self) -> dict[str, tuple[str, bool]]:
+        """Velero's Backups: name -> (UID, being deleted: phase Deleting or a deletion timestamp)."""
+        backups, _ = await self.kube.list_objects(BACKUPS)
+        found: dict[str, tuple[str, bool]] = {}
+        for b in backups:
+            meta = b.get("metadata") or {}
+            deleting = (b.get("status") or {}).get("phase") == DELETING or bool(meta.get("deletionTimestamp"))
+            found[str(meta.get("name", ""))] = (str(meta.get("uid", "")), deleting)
+        return found
+
     async def _failed(self, bsl: Obj, name: str, problem: str, report: PassReport) -> None:
         report.errors.append(f"{name}: {problem}")
         self.metrics.maintenance_failures.inc()
         log.warning("maintenance of BackupStorageLocation %s: %s", name, problem)
         await self.events.record(_ref(bsl), "MaintenanceFailed", problem[:1024], "Warning")
+
+
+def _in_cluster(backups: dict[str, tuple[str, bool]], name: str, uid: str) -> str:
+    """Whether the backup a snapshot records (``uid`` "" when it recorded none) is a Backup here: PRESENT,
+    DELETING, or ABSENT (none of that name, or one of another UID: the name was used again)."""
+    found = backups.get(name)
+    if found is None or (uid and found[0] != uid):
+        return ABSENT
+    return DELETING if found[1] else PRESENT
+
+
+def _recorded(recorded: str | None, uid: str) -> bool:
+    """Whether the location's ``velero-backup.json`` (its UID, "" without one; None: absent) is that of the
+    backup a snapshot records."""
+    return recorded is not None and (not recorded or not uid or recorded == uid)
 
 
 def _ref(bsl: dict[str, object]) -> ObjectRef:

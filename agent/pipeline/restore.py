@@ -126,7 +126,8 @@ async def restore(
         manifest = await offload(lambda _stop: select_entries(whole, include, snapshot_id))
     # The reader lock holds back prune's sweeps until this restore has read every pack it planned to.
     async with reader_lock(repo):
-        manifest = await (await Locator.open(repo)).relocate(manifest)
+        if repo.config is not None:  # format 1 repositories are never repacked: nothing to look up
+            manifest = await (await Locator.open(repo)).relocate(manifest)
         return await _restore(repo, snapshot_id, manifest, target, settings, progress, stats, started)
 
 

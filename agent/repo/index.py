@@ -37,7 +37,7 @@ from typing import Any
 import blake3
 import zstandard
 
-from agent.errors import ObjectNotFound, ObjectTooLarge, ObjectTruncated, RepositoryError
+from agent.errors import CorruptedInTransit, ObjectNotFound, ObjectTooLarge, ObjectTruncated, RepositoryError
 from agent.repo.crypto import MasterKey
 from agent.repo.format import CHUNK_RECORD, ChunkRecord, is_pack_name, is_snapshot_id
 from agent.repo.repository import Repository, pack_key
@@ -226,12 +226,12 @@ async def index_objects(repo: Repository) -> tuple[list[IndexObject], list[tuple
             seen.add(key)
             what = f"index object {key[len(INDEX) :][:16]}"
             try:
-                stored = await _fetch(repo, key, limit, what)
+                stored = await repo.fetch_named(key, what, limit)
                 packs, records, snapshots = decode_index(stored, repo.master, limit, what)
             except ObjectNotFound:
                 vanished = True
                 continue
-            except (RepositoryError, ObjectTooLarge) as e:
+            except (RepositoryError, ObjectTooLarge, CorruptedInTransit) as e:
                 log.warning("%s is not used: %s", what, e)
                 unreadable.append((key, str(e)))
                 continue
@@ -239,25 +239,6 @@ async def index_objects(repo: Repository) -> tuple[list[IndexObject], list[tuple
         if not vanished:
             break
     return objects, unreadable
-
-
-async def _fetch(repo: Repository, key: str, limit: int, what: str) -> bytes:
-    """An index object's bytes, checked against its name (their BLAKE3): bytes that differ on each fetch
-    were damaged in transit and are fetched again; the same wrong bytes twice are damage in storage.
-    Raises RepositoryError then, ObjectNotFound and storage errors."""
-    name = key.rsplit("/", 1)[-1]
-    seen: set[str] = set()
-    attempts = repo.settings.manifest_fetch_attempts
-    for _ in range(attempts):
-        stored = await repo.storage.get(key, max_bytes=limit)
-        digest = blake3.blake3(stored).hexdigest()
-        if digest == name:
-            return stored
-        if digest in seen:
-            break
-        seen.add(digest)
-    why = "the same bytes came back twice" if len(seen) < attempts else f"different bytes on each of {attempts} fetches"
-    raise RepositoryError(f"{what} does not hash to its name ({why}): it was altered in storage or on the way")
 
 
 _LISTINGS = 4

@@ -19,6 +19,7 @@ from agent.errors import (
     ConfigError,
     CorruptedInTransit,
     ManifestInvalid,
+    ObjectAltered,
     ObjectNotFound,
     PackMissing,
     RepositoryError,
@@ -194,28 +195,43 @@ class Repository:
         if not is_snapshot_id(snapshot_id):
             raise ConfigError(f"{snapshot_id!r} is not a snapshot ID (64 hexadecimal digits)")
         limit = self.settings.manifest_memory_bytes
+        try:
+            stored = await self.fetch_named(snapshot_key(snapshot_id), f"the manifest of snapshot {snapshot_id}", limit)
+        except ObjectNotFound:
+            raise SnapshotNotFound(f"snapshot {snapshot_id} does not exist in {self.describe()}") from None
+        except ObjectAltered:
+            raise ManifestInvalid(
+                f"the manifest stored for snapshot {snapshot_id} does not hash to that ID (the same bytes came "
+                f"back twice): it was truncated or altered in {self.describe()}; nothing was restored"
+            ) from None
+        master = self.master
+        if len(stored) <= _DECODE_INLINE_BYTES and 0 <= declared_body_bytes(stored) <= _DECODE_INLINE_BYTES:
+            return decode_manifest(stored, snapshot_id, limit, verified=True, master=master)
+        # In a thread that stops when this task is cancelled: Ctrl-C is not held up by a long parse.
+        return await offload(partial(decode_manifest, stored, snapshot_id, limit, verified=True, master=master))
+
+    async def fetch_named(self, key: str, what: str, limit: int) -> bytes:
+        """The bytes of ``key``, an object named by the hex BLAKE3 of its bytes (a manifest, an index object),
+        at most ``limit`` of them. Bytes that do not hash to the name are fetched again: the same wrong bytes
+        twice are damage in storage (ObjectAltered), bytes that differ on every one of
+        ``manifest_fetch_attempts`` fetches are a transport fault (CorruptedInTransit). Also raises
+        ObjectNotFound, ObjectTooLarge and storage errors."""
+        name = key.rsplit("/", 1)[-1]
         seen: set[str] = set()
         attempts = self.settings.manifest_fetch_attempts
         for _ in range(attempts):
-            try:
-                stored = await self.storage.get(snapshot_key(snapshot_id), max_bytes=limit)
-            except ObjectNotFound:
-                raise SnapshotNotFound(f"snapshot {snapshot_id} does not exist in {self.describe()}") from None
+            stored = await self.storage.get(key, max_bytes=limit)
             small = len(stored) <= _DECODE_INLINE_BYTES
             digest = snapshot_id_of(stored) if small else await offload(partial(_digest, stored))
-            if digest == snapshot_id:
-                master = self.master
-                if small and 0 <= declared_body_bytes(stored) <= _DECODE_INLINE_BYTES:
-                    return decode_manifest(stored, snapshot_id, limit, verified=True, master=master)
-                # In a thread that stops when this task is cancelled: Ctrl-C is not held up by a long parse.
-                return await offload(partial(decode_manifest, stored, snapshot_id, limit, verified=True, master=master))
+            if digest == name:
+                return stored
             if digest in seen:
-                raise ManifestInvalid(
-                    f"the manifest stored for snapshot {snapshot_id} does not hash to that ID (the same bytes came "
-                    f"back twice): it was truncated or altered in {self.describe()}; nothing was restored"
+                raise ObjectAltered(
+                    f"{what} does not hash to its name (the same bytes came back twice): it was truncated or altered "
+                    f"in {self.describe()}"
                 )
             seen.add(digest)
-        raise CorruptedInTransit(f"the manifest of snapshot {snapshot_id}", self.describe(), attempts)
+        raise CorruptedInTransit(what, self.describe(), attempts)
 
     async def write_manifest(self, stored: bytes) -> str:
         """Store a manifest (after all its packs); returns the snapshot ID."""

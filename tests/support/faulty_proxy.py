@@ -44,9 +44,14 @@ class FaultyProxy:
     bytes themselves can tell)."""
     ranges_only: bool = False
     """Damage only ranged GETs (pack reads), not whole objects (manifests)."""
+    damage_run_limit: int = 0
+    """If set, the same request is damaged at most this many times in a row: a reader that fetches again
+    more often than that must succeed (0: no limit; with one, the faults a test meets do not depend on
+    the luck of the bucket's random name)."""
     seed: int = 0
     faults: int = 0
     _seen: Counter[str] = field(default_factory=Counter)
+    _in_a_row: Counter[str] = field(default_factory=Counter)
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
     port: int = 0
@@ -107,6 +112,9 @@ class FaultyProxy:
         self._seen[request] += 1
         roll = hashlib.blake2b(f"{self.seed} {request} {self._seen[request]}".encode(), digest_size=8).digest()
         pick, where = roll[0] % 100, int.from_bytes(roll[1:], "big")
+        if self.damage_run_limit and self._in_a_row[request] >= self.damage_run_limit:
+            pick = 100  # this time it comes through
+        self._in_a_row[request] = self._in_a_row[request] + 1 if pick < self.flip_percent + self.truncate_percent else 0
         if pick < self.flip_percent:
             self.faults += 1
             damaged = bytearray(payload)
