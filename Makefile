@@ -50,6 +50,7 @@ test: lint typecheck layers unit
 # The full benchmark (about 40 minutes, 30 GB of scratch space under /var/tmp): see docs/PERFORMANCE.md.
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.link
 	$(BIN)/python -m bench.backup
 	$(BIN)/python -m bench.first_byte
 	$(BIN)/python -m bench.planning

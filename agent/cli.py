@@ -255,7 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_repo_flags(chk)
     chk.add_argument("--read-data", action="store_true", help="read every chunk and verify it, as a restore does")
 
-    rst = sub.add_parser("restore", help="restore a snapshot onto a block device, image file or directory")
+    rst = sub.add_parser(
+        "restore",
+        help="restore a snapshot onto a block device, image file or directory",
+        description="Restore a snapshot. A target that already exists is checked first, chunk by chunk: what it "
+        "already holds (what a killed or interrupted restore wrote) is kept and not fetched again, so running the "
+        "same command again resumes. A target this command created is removed if the restore fails.",
+    )
     _add_repo_flags(rst)
     rst.add_argument(
         "--snapshot", required=True, help="snapshot ID, a unique prefix of it (4 hex digits or more), or latest"
@@ -271,10 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d = RestoreSettings()
     rst.add_argument(
-        "--reads", type=int, default=d.reads_in_flight, help=f"ranged GETs in flight ({d.reads_in_flight})"
+        "--reads",
+        type=int,
+        default=d.reads_in_flight,
+        help=f"the most ranged GETs in flight; the link sets how many ({d.reads_in_flight})",
     )
     rst.add_argument(
-        "--range-size", default=f"{d.max_range_bytes // MiB}MiB", help="largest coalesced GET (%(default)s)"
+        "--range-size",
+        default=f"{d.max_range_bytes // MiB}MiB",
+        help="largest coalesced GET; smaller on a distant store (%(default)s)",
     )
     rst.add_argument("--memory", default=f"{d.memory_bytes // MiB}MiB", help="fetched bytes held at once (%(default)s)")
     rst.add_argument("--threads", type=int, default=0, help="decode/verify/write threads (default: one per CPU)")
@@ -628,9 +639,15 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         rate = result.total_bytes / max(result.seconds, 1e-9)
         _report("not restored:", result.problems)
         if not args.json:
+            kept = (
+                f", {human_bytes(result.kept_bytes)} kept from the target (an interrupted restore's, checked)"
+                if result.kept_bytes
+                else ""
+            )
             sys.stderr.write(
                 f"restored {human_bytes(result.total_bytes)} in {result.seconds:.2f} s ({human_bytes(rate)}/s), "
-                f"{human_bytes(result.fetched_bytes)} fetched in {result.requests} requests, every chunk verified\n"
+                f"{human_bytes(result.fetched_bytes)} fetched in {result.requests} requests{kept}, every chunk "
+                "verified\n"
             )
         payload = asdict(result)
         payload["problems"] = [_problem_json(p) for p in result.problems]

@@ -13,6 +13,7 @@ from agent.controller.jobs import (
     BackupJob,
     Inventory,
     Maintained,
+    Notice,
     Progress,
     RestoreJob,
     Uploaded,
@@ -57,12 +58,15 @@ class MeteredStorage(Storage):
         finally:
             self._metrics.fetch_seconds.observe(time.monotonic() - started)
 
-    async def get_range_into(self, key: str, offset: int, buffer: memoryview) -> None:
+    async def get_range_into(self, key: str, offset: int, buffer: memoryview) -> float:
         started = time.monotonic()
         try:
-            await self._inner.get_range_into(key, offset, buffer)
+            return await self._inner.get_range_into(key, offset, buffer)
         finally:
             self._metrics.fetch_seconds.observe(time.monotonic() - started)
+
+    def throttles(self) -> int:
+        return self._inner.throttles()
 
     async def put(self, key: str, data: bytes) -> None:
         await self._inner.put(key, data)
@@ -101,7 +105,7 @@ class DataPathRestorer:
     def _on_retry(self, op: str, key: str, attempt: int, error: FerryError) -> None:
         self._metrics.storage_retries.inc()
 
-    async def __call__(self, job: RestoreJob, progress: Progress) -> None:
+    async def __call__(self, job: RestoreJob, progress: Progress, notice: Notice) -> None:
         loc = job.location
         prefix = velero_repository_prefix(loc.prefix, job.source_namespace)
         stats = TransferStats()
@@ -114,13 +118,24 @@ class DataPathRestorer:
                 reported = done
             progress(done, total)
 
+        def on_resumed(kept: int, total: int) -> None:
+            nonlocal reported
+            reported += kept  # restored by the run that was interrupted, not this one
+            notice(
+                "Resumed",
+                f"kept {kept / 1e9:.2f} GB of {total / 1e9:.2f} GB already on the volume (each chunk checked "
+                "against the snapshot): an interrupted restore had written it; fetching the rest",
+            )
+
         s3 = await S3Storage.open(loc.s3, loc.bucket, prefix)
         s3.on_retry = self._on_retry
         self._stats[id(stats)] = stats
         try:
             async with MeteredStorage(s3, self._metrics) as storage:
                 repo = await open_repository(storage, self._repository, loc.repository_password)
-                result = await restore(repo, job.snapshot_id, job.target, job.settings, on_progress, stats)
+                result = await restore(
+                    repo, job.snapshot_id, job.target, job.settings, on_progress, stats, resumed=on_resumed
+                )
             for problem in result.problems:  # the data is complete; this metadata could not be applied
                 log.warning("not restored: %s", problem, extra={"snapshot": job.snapshot_id})
         finally:

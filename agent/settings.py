@@ -308,11 +308,13 @@ class RestoreSettings:
     larger chunk) and each decoding thread's output buffer and zstd window (twice the snapshot's largest
     chunk); a restore runs fewer threads than ``threads`` if the limit holds no more."""
 
-    reads_in_flight: int = 8
-    """Ranged GETs in flight at once."""
+    reads_in_flight: int = 32
+    """The most ranged GETs in flight at once; how many are (up to this and to what ``memory_bytes``
+    holds) follows the link (``agent.pipeline.pacing``)."""
     max_range_bytes: int = 8 * MiB
     """Neighbouring chunks of a pack are coalesced into one GET of at most this many stored bytes
-    (a single larger chunk is still fetched whole)."""
+    (a single larger chunk is still fetched whole); smaller ranges are fetched where the link's latency
+    makes that faster (``agent.pipeline.pacing``)."""
     max_gap_bytes: int = 1 * MiB
     """Coalescing reads through gaps (chunks this restore does not need) up to this size."""
     memory_bytes: int = 96 * MiB

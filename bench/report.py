@@ -224,6 +224,54 @@ def profile_table(paths: list[Path]) -> list[str]:
     return [*lines, ""]
 
 
+_LINK_TOOLS = {
+    "ferry": "Ferry (defaults)",
+    "restic": "restic",
+    "one-get": "one 4 MiB GET at a time",
+    "fetch": "fetch ceiling (32 in flight)",
+    "tar": "tar -xf (local archive)",
+}
+
+
+def link_table(r: dict[str, Any]) -> list[str]:
+    """Restores over loopback and the S3-like links (``bench.link``), one table per workload."""
+    m = r["machine"]
+    lines = [
+        f"Command: `{r.get('command', 'python -m bench.link')}` ({r['runs']} runs; medians, spread min–max of GB/s). "
+        f"Machine: {m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs. Ferry and restic: whole processes (start-up "
+        "included); one-GET and fetch: the timed part (receiving only, nothing decoded or written); tar: "
+        "the whole process, from a local archive.",
+        "",
+    ]
+    conditions = r["conditions"]
+    names = list(next(iter(conditions.values()))["workloads"])
+    for wname in names:
+        size = next(iter(conditions.values()))["workloads"][wname]["bytes"]
+        present = [t for t in _LINK_TOOLS if t in next(iter(conditions.values()))["workloads"][wname]["tools"]]
+        lines += [
+            f"**{wname}** ({size / 1e9:.2f} GB restored)",
+            "",
+            "| link | " + " | ".join(_LINK_TOOLS[t] for t in present) + " | Ferry ÷ restic | Ferry ÷ one GET | "
+            "Ferry ÷ fetch ceiling | CPU/GB Ferry ÷ restic | Ferry peak RSS MiB |",
+            "|---|" + "---|" * (len(present) + 5),
+        ]
+        for cname, c in conditions.items():
+            w = c["workloads"][wname]
+            cells = []
+            for tool in present:
+                d = w["tools"][tool]
+                d = d["process"] if tool in ("ferry", "restic", "tar") else d["inner"]
+                cells.append(f"{d['GBps']:.3f} ({d['cpu_s_per_GB']:.2f} CPU-s/GB)")
+            q = w["ratios"]
+            lines.append(
+                f"| {cname} | " + " | ".join(cells) + f" | **{q['ferry_vs_restic']:.2f}×** | "
+                f"**{q['ferry_vs_one_get']:.1f}×** | **{q['ferry_vs_fetch_ceiling']:.0%}** | "
+                f"**{q['cpu_per_GB_vs_restic']:.2f}×** | {q['ferry_peak_rss_MiB']:.0f} |"
+            )
+        lines.append("")
+    return lines
+
+
 def hostile_table(h: dict[str, Any]) -> list[str]:
     lines = [
         "Command: `python -m bench.hostile`; each stored manifest decoded in a fresh process; peak RSS is the "
@@ -248,6 +296,9 @@ def render(results: Path) -> list[str]:
         lines += ["### Restore throughput", "", "![throughput](../bench/results/throughput.png)", ""]
         lines += restore_tables(r)
         plot(r, results / "throughput.png")
+    link = results / "link.json"
+    if link.exists():
+        lines += ["### Restores over an S3-like link", "", *link_table(json.loads(link.read_text()))]
     backup = results / "backup.json"
     if backup.exists():
         lines += ["### Snapshot creation", "", *backup_table(json.loads(backup.read_text()))]

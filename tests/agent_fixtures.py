@@ -10,6 +10,7 @@ import pytest
 
 from agent.backup.writer import create_snapshot
 from agent.repo.config import open_or_init
+from agent.repo.repository import PACKS
 from agent.settings import MiB, SnapshotSettings
 from agent.storage.s3 import S3Storage
 from agent.storage.url import velero_repository_prefix
@@ -62,6 +63,16 @@ async def snapshot(
     finally:
         await storage.aclose()
     return result.snapshot_id
+
+
+async def pack_bytes(server: SeaweedServer, bucket: str, namespace: str = "app", prefix: str = "backups") -> int:
+    """Bytes of every pack in the repository Ferry uses for ``namespace`` (what restoring all of it fetches,
+    at most)."""
+    storage = await S3Storage.open(s3_settings_for(server), bucket, velero_repository_prefix(prefix, namespace))
+    try:
+        return sum((await storage.sizes(PACKS)).values())
+    finally:
+        await storage.aclose()
 
 
 @pytest.fixture

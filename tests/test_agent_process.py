@@ -6,16 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from agent.settings import KiB, MiB
+from tests.agent_fixtures import pack_bytes, snapshot
 from tests.support.cluster import NS, Cluster, agent_settings, running_agent, start_held_restore
-from tests.support.data import tree_differences
+from tests.support.data import make_sample_tree, tree_differences
 from tests.support.faulty_proxy import FaultyProxy
-from tests.support.seaweed import ACCESS_KEY, SECRET_KEY
+from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
 from tests.test_agent_lifecycle import LIFECYCLE, assert_progress_exact
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,16 +66,28 @@ async def finish_in_a_new_agent(cluster: Cluster, proxy: FaultyProxy, source: Pa
     return status
 
 
-async def test_killed_agent_restore_is_finished_by_the_next(
-    cluster: Cluster, tree_snapshot: tuple[str, Path], proxy: FaultyProxy, slow_bsl: str, tmp_path: Path
+async def test_killed_agent_restore_is_finished_by_the_next_keeping_what_it_wrote(
+    cluster: Cluster,
+    s3_server: SeaweedServer,
+    proxy: FaultyProxy,
+    slow_bsl: str,
+    tmp_path: Path,
 ) -> None:
-    snapshot_id, source = tree_snapshot
+    source = make_sample_tree(tmp_path / "source", big_file=2 * MiB)
+    for i in range(12):  # a range each (1 MiB at most, one file of 700 KiB)
+        (source / "data" / f"file-{i:02}.bin").write_bytes(random.Random(i).randbytes(700 * KiB))
+    snapshot_id = await snapshot(s3_server, cluster.bucket, source)
     [mount] = cluster.add_volume("app", "data", ["node-a"])
+    # One read at a time: the fifth read is held only once the first four ranges are written.
+    proxy.stall_ranged_after = 4
+    config = {"ferry.readsInFlight": "1", "ferry.maxRangeBytes": "1Mi"}
     async with agent_process(cluster, tmp_path / "agent.log") as proc:
-        await start_held_restore(cluster, proxy, "survivor", snapshot_id, slow_bsl)
+        await start_held_restore(cluster, proxy, "survivor", snapshot_id, slow_bsl, config=config)
         first_start = cluster.dd("survivor")["status"]["startTimestamp"]
         proc.kill()
         assert await proc.wait() == -signal.SIGKILL
+    first = proxy.ranged_bytes
+    proxy.ranged_bytes = 0
     status = await finish_in_a_new_agent(cluster, proxy, source, mount)
     assert status["startTimestamp"] == first_start
     assert cluster.phases("survivor") == LIFECYCLE
@@ -80,8 +95,14 @@ async def test_killed_agent_restore_is_finished_by_the_next(
         (r.object.get("status") or {}).get("message") for r in cluster.kube.history("datadownloads", "survivor", NS)
     ]
     assert "restarted on node node-a after an interruption" in messages
-    reasons = [e["reason"] for e in cluster.events_for("survivor")]
-    assert reasons == ["Accepted", "Prepared", "Started", "Restarted", "Completed"]
+    events = cluster.events_for("survivor")
+    assert [e["reason"] for e in events] == ["Accepted", "Prepared", "Started", "Restarted", "Resumed", "Completed"]
+    resumed = next(e["message"] for e in events if e["reason"] == "Resumed")
+    assert resumed.startswith("kept ")
+    assert "already on the volume" in resumed
+    # The four ranges the killed agent wrote are not fetched again.
+    assert first > 2 * MiB
+    assert first + proxy.ranged_bytes <= await pack_bytes(s3_server, cluster.bucket)
 
 
 async def test_sigterm_records_the_interrupted_restore(

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from bench import backup, lifecycle, report, suite
+from bench import backup, lifecycle, link, report, suite
 from bench.workloads import Sizes
 
 
@@ -101,3 +101,21 @@ def test_the_lifecycle_benchmark_measures_encryption_and_prune(tmp_path: Path) -
     prune = result["prune"]
     assert 0 < prune["stored_bytes_after"] < prune["stored_bytes_before"]
     assert prune["deleted_packs"] == prune["marked_packs"] > 0
+
+
+def test_the_link_benchmark_runs_every_tool_over_loopback_and_a_slow_link(tmp_path: Path) -> None:
+    """bench.link on tiny data: every tool restores (Ferry and restic checked byte for byte) over loopback
+    and through the link proxy, and the report renders the table."""
+    conditions = [link.CONDITIONS["loopback"], link.Condition("5ms-50MBps", 0.005, 50e6)]
+    result = link.run(tmp_path / "work", Sizes.smoke(), runs=1, conditions=conditions, names=("block",), log=print)
+    assert set(result["conditions"]) == {"loopback", "5ms-50MBps"}
+    for c in result["conditions"].values():
+        w = c["workloads"]["block"]
+        assert set(w["tools"]) == set(link.TOOLS)
+        assert all(math.isfinite(v) and v > 0 for v in w["ratios"].values()), w["ratios"]
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "link.json").write_text(json.dumps(result))
+    rendered = "\n".join(report.render(results))
+    assert "| 5ms-50MBps |" in rendered
+    assert "Ferry ÷ one GET" in rendered

@@ -7,7 +7,8 @@ then the hand-over of the new volume (Velero's ``pkg/controller/data_download_co
                pod's node goes into annotation ferry.dev/restore-node
     InProgress (node=me, data restored: annotation ferry.dev/restored-pv) → hand the PV to the target PVC
                (``agent.expose.rebind``) → Completed (finalizer removed in the same write)
-    InProgress (node=me, nothing running here: the agent restarted) → restore again from the start
+    InProgress (node=me, nothing running here: the agent restarted) → restore again, keeping what the
+               volume already holds (``agent.pipeline.resume``; Event ``Resumed`` says how much)
     cleanup    restore pod, PVC and PV; a PV the target PVC names: finishes the hand-over instead
     spec.cancel during the hand-over: honoured only until the target PVC names the PV
     operationTimeout: also bounds the hand-over → Failed
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from agent.controller.jobs import Progress, RestoreJob, Restorer
+from agent.controller.jobs import Notice, Progress, RestoreJob, Restorer
 from agent.controller.load import LoadLimiter
 from agent.controller.movers import MoverController
 from agent.controller.supervisor import Transfer
@@ -138,11 +139,11 @@ class DataDownloadController(MoverController[DataDownload]):
         settings, unknown = restore_settings_for(dd.config, self.settings.restore)
         job = RestoreJob(dd.key, location, dd.source_namespace, dd.snapshot_id, volume.path, settings)
 
-        async def run(progress: Progress) -> None:
-            await self.restorer(job, progress)
+        async def run(progress: Progress, notice: Notice) -> None:
+            await self.restorer(job, progress, notice)
 
         what = f"restoring snapshot {dd.snapshot_id} from {location.describe()} onto {volume.describe()}"
-        return Transfer(self.noun, what, run, tuple(unknown))
+        return Transfer(self.noun, what, run, tuple(unknown), resumable=True)
 
     async def transferred(self, dd: DataDownload, total: int, result: object) -> None:
         """The data is complete. In place: Completed. Into a new volume: record the PV (and its reclaim

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from agent.controller.jobs import BackupJob, Progress, Uploaded, Uploader
+from agent.controller.jobs import BackupJob, Notice, Progress, Uploaded, Uploader
 from agent.controller.load import LoadLimiter
 from agent.controller.movers import MoverController
 from agent.controller.supervisor import Transfer
@@ -182,7 +182,7 @@ class DataUploadController(MoverController[DataUpload]):
         job = BackupJob(du.key, location, du.source_namespace, volume.path, labels, settings)
         reported = 0
 
-        async def run(progress: Progress) -> Uploaded:
+        async def run(progress: Progress, _notice: Notice) -> Uploaded:
             def counted(done: int, total: int) -> None:
                 nonlocal reported
                 if done > reported:

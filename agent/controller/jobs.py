@@ -15,6 +15,9 @@ from agent.velero.locations import StorageLocation
 
 Progress = Callable[[int, int], None]
 """Called on the event loop with (bytes done, total bytes)."""
+Notice = Callable[[str, str], None]
+"""Called on the event loop with (reason, message): something the object's Events should say while the
+transfer runs (``Resumed``: a restore found part of its data already on the volume)."""
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,10 @@ class RestoreJob:
 
 
 class Restorer(Protocol):
-    async def __call__(self, job: RestoreJob, progress: Progress) -> None:
-        """Restore the whole snapshot onto the target; raise a FerryError saying why it could not.
-        Cancelling the caller stops it, with no write still running when it returns."""
+    async def __call__(self, job: RestoreJob, progress: Progress, notice: Notice) -> None:
+        """Restore the whole snapshot onto the target, keeping what an interrupted restore already put
+        there (and saying so through ``notice``); raise a FerryError saying why it could not. Cancelling
+        the caller stops it, with no write still running when it returns."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ moved for an object that was bound to fail. While the data path runs, the superv
     deletion           → stop the pipeline; write Canceled only if the object still exists
     a terminal phase written by someone else (e.g. Velero forcing Canceled) → stop the pipeline
     no progress for operationTimeout → stop the pipeline, Failed
-    agent shutdown     → stop the pipeline, stay InProgress with a message saying it will start again
+    agent shutdown     → stop the pipeline, stay InProgress with a message saying it will go on
 
 and a reporter writes ``status.progress`` every progress interval (at once when the total is known).
 ``Host`` is what the supervisor needs of the controller (a Protocol: the two modules do not import each
@@ -28,7 +28,7 @@ from typing import Generic, Protocol, TypeVar
 from prometheus_client import Counter, Gauge
 
 from agent.aio.waiting import sleep_until
-from agent.controller.jobs import Progress
+from agent.controller.jobs import Notice, Progress
 from agent.controller.progress import ProgressTracker
 from agent.errors import ConfigError, FerryError, KubeError, LocationError
 from agent.expose.volumes import Volume
@@ -62,11 +62,14 @@ class Transfer:
     """"restore" or "backup"."""
     what: str
     """For messages: "restoring snapshot … onto …", "backing up … into …"."""
-    run: Callable[[Progress], Awaitable[object]]
-    """Moves the data, reporting (bytes done, total bytes); returns what ``Host.transferred`` gets; raises
-    FerryError saying why it could not. Cancelling it stops it, with no write still running."""
+    run: Callable[[Progress, Notice], Awaitable[object]]
+    """Moves the data, reporting (bytes done, total bytes) and what the Events should say; returns what
+    ``Host.transferred`` gets; raises FerryError saying why it could not. Cancelling it stops it, with no
+    write still running."""
     unknown_config: tuple[str, ...] = ()
     """``spec.dataMoverConfig`` keys that mean nothing to Ferry (reported in an Event)."""
+    resumable: bool = False
+    """Run again after an interruption, it keeps what the first run moved (a restore does)."""
 
 
 class Host(Protocol, Generic[T]):
@@ -170,7 +173,7 @@ async def _supervise(ctl: Host[T], dd: T, transfer: Transfer, wake: asyncio.Even
 
     async def move() -> None:
         try:
-            outcome.append((None, await transfer.run(progress.update)))
+            outcome.append((None, await transfer.run(progress.update, notice)))
         except FerryError as e:
             outcome.append((e, None))
         except Exception as e:
@@ -183,6 +186,11 @@ async def _supervise(ctl: Host[T], dd: T, transfer: Transfer, wake: asyncio.Even
     ctl.held.labels(IN_PROGRESS).inc()
     try:
         async with asyncio.TaskGroup() as tg:
+
+            def notice(reason: str, message: str) -> None:
+                log.info("%s", message, extra=subject)
+                tg.create_task(ctl.events.record(dd.ref(), reason, message), name=f"event {reason} {dd.key}")
+
             task = tg.create_task(move(), name=f"{transfer.noun} {dd.key}")
             reporter = tg.create_task(_report(ctl, dd, progress), name=f"progress {dd.key}")
             while not task.done():
@@ -252,9 +260,10 @@ async def _conclude(
         await ctl.finish(dd, CANCELED, f"canceled (spec.cancel) {at}", IN_PROGRESS, CANCELING)
         return
     if reason == "shutdown":
-        message = (
-            f"interrupted {at}: the Ferry agent on node {ctl.me} is shutting down; it starts this {transfer.noun} "
-            "again from the start when it is back"
+        message = f"interrupted {at}: the Ferry agent on node {ctl.me} is shutting down; " + (
+            f"it goes on with this {transfer.noun} when it is back, keeping what is already on the volume"
+            if transfer.resumable
+            else f"it starts this {transfer.noun} again from the start when it is back"
         )
         progress_fields = _progress_change(ctl.me, done, total)
 

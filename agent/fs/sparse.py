@@ -14,6 +14,13 @@ import mmap
 import os
 from collections.abc import Callable
 
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_fallocate.restype = ctypes.c_int
+
 BLOCK = 4096
 MIN_ZERO_RUN = 64 * 1024
 _ZERO_BLOCK = bytes(BLOCK)
@@ -121,3 +128,16 @@ def data_blocks(data: memoryview, offset: int) -> list[tuple[int, int]]:
     if start < n:
         runs.append((start, n))
     return runs
+
+
+def make_hole(fd: int, offset: int, length: int) -> None:
+    """Make ``length`` bytes at ``offset`` of a regular file read as zeros: punched out where the
+    filesystem can (fallocate(2) FALLOC_FL_PUNCH_HOLE, the size kept), written as zeros where it cannot.
+    Raises OSError from the writes."""
+    if length <= 0 or _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return
+    zeros = memoryview(bytes(min(length, 4 * 1024 * 1024)))
+    end = offset + length
+    while offset < end:
+        n = os.pwrite(fd, zeros[: min(len(zeros), end - offset)], offset)
+        offset += n

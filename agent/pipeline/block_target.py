@@ -13,7 +13,6 @@ An image file this restore created is removed if the restore does not finish (``
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import os
@@ -23,18 +22,11 @@ import threading
 
 from agent.errors import TargetError, TargetTooSmall
 from agent.fs.names import shown
-from agent.fs.sparse import data_blocks
-from agent.pipeline.direct import open_direct, pwrite_all, write_split
+from agent.fs.sparse import data_blocks, make_hole
+from agent.pipeline.direct import open_direct, pread_all, pwrite_all, write_split
 
 BLKZEROOUT = 0x127F  # _IO(0x12, 127)
-_FALLOC_FL_KEEP_SIZE = 0x01
-_FALLOC_FL_PUNCH_HOLE = 0x02
 _ZERO_STEP = 64 * 1024 * 1024  # bytes zeroed per call, so a stop request is seen quickly
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_fallocate = _libc.fallocate
-_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-_fallocate.restype = ctypes.c_int
 
 
 def _size_file(fd: int, path: str, size: int) -> None:
@@ -122,6 +114,10 @@ class BlockTarget:
         else:
             pwrite_all(self.fd, data, offset)
 
+    def read_into(self, slot: int, offset: int, into: memoryview) -> int:
+        """Read back up to ``len(into)`` bytes at ``offset`` (``agent.pipeline.resume``); returns the count."""
+        return pread_all(self.fd, into, offset)
+
     def fill_hole(self, offset: int, length: int, stop: threading.Event) -> None:
         """Make ``length`` bytes at ``offset`` read as zeros, in steps so ``stop`` is honoured."""
         if self.fresh or (self.is_device and self.sparse):
@@ -145,8 +141,10 @@ class BlockTarget:
             self._write_zeros(offset, length)
 
     def _punch(self, offset: int, length: int) -> None:
-        if _fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
-            self._write_zeros(offset, length)
+        try:
+            make_hole(self.fd, offset, length)
+        except OSError as e:
+            raise TargetError(f"writing zeros at {offset} of {shown(self.path)} failed: {e.strerror}") from e
 
     def _write_zeros(self, offset: int, length: int) -> None:
         zeros = memoryview(bytes(min(length, 4 * 1024 * 1024)))

@@ -29,6 +29,17 @@ def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         offset += n
 
 
+def pread_all(fd: int, into: memoryview, offset: int) -> int:
+    """Read until ``into`` is full or the file ends; returns the bytes read."""
+    done = 0
+    while done < len(into):
+        n = os.preadv(fd, [into[done:]], offset + done)
+        if n == 0:
+            break
+        done += n
+    return done
+
+
 def pad_for(offset: int) -> int:
     """Where in a page-aligned buffer to put data destined for ``offset`` so direct writes line up."""
     return offset % ALIGN

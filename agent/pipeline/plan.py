@@ -150,7 +150,9 @@ class Plan:
         return sum(r.length for r in self.ranges)
 
 
-def plan_block(manifest: Manifest, settings: RestoreSettings) -> Plan:
+def plan_block(manifest: Manifest, settings: RestoreSettings, kept: bytearray | None = None) -> Plan:
+    """``kept``: one byte per chunk of the table, 1 for a chunk the target already holds (not fetched; see
+    ``agent.pipeline.resume``)."""
     cs = manifest.chunk_size
     size = manifest.size
     plain = manifest.chunks.columns().plain
@@ -179,11 +181,12 @@ def plan_block(manifest: Manifest, settings: RestoreSettings) -> Plan:
             extra.append(0)
             extra.append(offset)
         offset += cs
-    return _plan(manifest, places, holes, data, settings)
+    return _plan(manifest, places, holes, data, settings, kept)
 
 
-def plan_tree(manifest: Manifest, settings: RestoreSettings) -> Plan:
-    """File slots number the manifest's regular files (type 'file') in order."""
+def plan_tree(manifest: Manifest, settings: RestoreSettings, kept: bytearray | None = None) -> Plan:
+    """File slots number the manifest's regular files (type 'file') in order; ``kept`` as for
+    ``plan_block``."""
     plain = manifest.chunks.columns().plain
     places = _Places(len(manifest.chunks), tree=True)
     first, first_file, more, used = places.first_offset, places.first_file, places.more, places.used
@@ -214,7 +217,7 @@ def plan_tree(manifest: Manifest, settings: RestoreSettings) -> Plan:
             offset += n
             data += n
         slot += 1
-    return _plan(manifest, places, holes, data, settings)
+    return _plan(manifest, places, holes, data, settings, kept)
 
 
 def _plan(
@@ -223,11 +226,13 @@ def _plan(
     holes: list[tuple[int, int, int]],
     data: int,
     settings: RestoreSettings,
+    kept: bytearray | None,
 ) -> Plan:
     """Order the used chunks by (pack, offset), first use breaking ties, and cut them into ranges."""
     pack, offset, stored, plain = manifest.chunks.columns()
+    used = places.used if kept is None else [c for c in places.used if not kept[c]]
     # Offsets are below 2**64: one integer key sorts by pack, then offset; the sort is stable.
-    order = array("q", sorted(places.used, key=lambda c: (pack[c] << 64) | offset[c]))
+    order = array("q", sorted(used, key=lambda c: (pack[c] << 64) | offset[c]))
     gap, most = settings.max_gap_bytes, settings.max_range_bytes
     starts = array("q")
     offsets = array("Q")

@@ -25,6 +25,7 @@ from agent.errors import ConfigError, TargetError
 from agent.fs.names import Problem, shown
 from agent.pipeline.block_target import BlockTarget
 from agent.pipeline.plan import Plan, plan_block, plan_tree
+from agent.pipeline.resume import Kept, find_kept, window_bytes
 from agent.pipeline.select import select_entries
 from agent.pipeline.transfer import Sink, TransferStats, decode_bytes, transfer
 from agent.pipeline.tree_target import TreeTarget
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 """Called on the event loop with (bytes done, total bytes)."""
+Resumed = Callable[[int, int], None]
+"""Called on the event loop, once, when the target already holds part of the snapshot (an interrupted
+restore's work): (bytes kept, total bytes)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,10 @@ class RestoreResult:
     refetches: int
     verify_failures: int
     seconds: float
+    kept_bytes: int = 0
+    """Bytes already on the target (an interrupted restore's work, checked chunk by chunk) and not fetched."""
+    checked_bytes: int = 0
+    """Bytes read back from the target to find out what it already holds."""
     problems: tuple[Problem, ...] = ()
     """Entries or attributes not restored as the snapshot has them (a device node without the privilege
     to make one, an attribute the target refuses): the restore is otherwise complete."""
@@ -115,10 +123,13 @@ async def restore(
     progress: Progress | None = None,
     stats: TransferStats | None = None,
     include: Sequence[str] = (),
+    resumed: Resumed | None = None,
 ) -> RestoreResult:
     """Restore ``snapshot_id`` onto ``target``: all of it, or the entries ``include`` selects
     (``agent.pipeline.select``; ConfigError when it selects nothing). ``stats``, when given, is updated as
-    the transfer goes (for metrics that are read while it runs)."""
+    the transfer goes (for metrics that are read while it runs). A target that existed before (a volume,
+    an image file or directory left by an interrupted restore) is checked first: chunks it already holds
+    are kept and not fetched (``agent.pipeline.resume``), and progress starts from them."""
     started = time.monotonic()
     manifest = await repo.read_manifest(snapshot_id)
     if include:
@@ -128,7 +139,7 @@ async def restore(
     async with reader_lock(repo):
         if repo.config is not None:  # format 1 repositories are never repacked: nothing to look up
             manifest = await (await Locator.open(repo)).relocate(manifest)
-        return await _restore(repo, snapshot_id, manifest, target, settings, progress, stats, started)
+        return await _restore(repo, snapshot_id, manifest, target, settings, progress, stats, started, resumed)
 
 
 async def _restore(
@@ -140,6 +151,7 @@ async def _restore(
     progress: Progress | None,
     stats: TransferStats | None,
     started: float,
+    resumed: Resumed | None,
 ) -> RestoreResult:
     stats = stats if stats is not None else TransferStats()
     threads = decode_threads(manifest, settings)
@@ -151,8 +163,8 @@ async def _restore(
         plan = await pool.run(plan_block if block else plan_tree, manifest, settings)
         tracker = _Tracker(plan.total_bytes, progress)
         tracker.advance(0)
-        run = _Run(repo, manifest, plan, settings, pool, tracker, stats)
-        problems = await (_restore_block if block else _restore_tree)(run, target)
+        run = _Run(repo, manifest, plan, settings, pool, tracker, stats, resumed)
+        problems, kept = await (_restore_block if block else _restore_tree)(run, target)
     if tracker.done != tracker.total:  # pragma: no cover - a planning bug, never a data condition
         raise TargetError(f"restore accounted for {tracker.done} of {tracker.total} bytes")
     result = RestoreResult(
@@ -164,14 +176,17 @@ async def _restore(
         refetches=stats.refetches,
         verify_failures=stats.verify_failures,
         seconds=time.monotonic() - started,
+        kept_bytes=kept.bytes,
+        checked_bytes=kept.checked_bytes,
         problems=tuple(problems),
     )
     log.info(
-        "snapshot %s restored to %s: %d bytes in %.2f s",
+        "snapshot %s restored to %s: %d bytes in %.2f s, %d of them kept from the target",
         snapshot_id,
         target,
         result.total_bytes,
         result.seconds,
+        result.kept_bytes,
     )
     return result
 
@@ -187,30 +202,47 @@ class _Run:
     pool: WorkerPool
     tracker: _Tracker
     stats: TransferStats
+    resumed: Resumed | None
 
-    async def transfer(self, sink: Sink) -> None:
-        await transfer(self.repo, self.plan, sink, self.settings, self.pool, self.tracker.advance, self.stats)
+    async def transfer(self, plan: Plan, sink: Sink) -> None:
+        await transfer(self.repo, plan, sink, self.settings, self.pool, self.tracker.advance, self.stats)
+
+    async def keep(self, target: BlockTarget | TreeTarget) -> tuple[Plan, Kept]:
+        """Check what the target already holds; the plan for the rest, and what is kept (counted done)."""
+        manifest = self.manifest
+        chunks = len(manifest.chunks)
+        kept = await find_kept(self.plan, target, self.repo.codec.id_of, self.pool, window_bytes(self.settings), chunks)
+        if not kept.bytes:
+            return self.plan, kept
+        log.info("the target already holds %d bytes of the snapshot: kept, not fetched again", kept.bytes)
+        replan = plan_block if manifest.mode == "block" else plan_tree
+        plan = await self.pool.run(replan, manifest, self.settings, kept.chunks)
+        if self.resumed is not None:
+            self.resumed(kept.bytes, self.tracker.total)
+        self.tracker.advance(kept.bytes)
+        return plan, kept
 
 
-async def _restore_block(run: _Run, path: str) -> list[Problem]:
+async def _restore_block(run: _Run, path: str) -> tuple[list[Problem], Kept]:
     pool = run.pool
     target = await pool.run(BlockTarget.open, path, run.manifest.size, run.settings.sparse, run.settings.direct_io)
     finished = False
     try:
+        plan, kept = (run.plan, Kept(bytearray())) if target.fresh else await run.keep(target)
         for _, offset, length in run.plan.holes:
             await pool.run(target.fill_hole, offset, length, pool.stop)
             run.tracker.advance(length)
-        await run.transfer(target)
+        await run.transfer(plan, target)
         await pool.run(target.flush)
         finished = True
     finally:
         target.close()
         if not finished:
             await _discard(pool, target.discard)
-    return []
+    return [], kept
 
 
-async def _restore_tree(run: _Run, path: str) -> list[Problem]:
+async def _restore_tree(run: _Run, path: str) -> tuple[list[Problem], Kept]:
     pool = run.pool
     target = await pool.run(TreeTarget.open, path, run.manifest, run.settings.direct_io)
     finished = False
@@ -219,8 +251,9 @@ async def _restore_tree(run: _Run, path: str) -> list[Problem]:
             async with task_group() as tg:
                 for batch in stage:
                     tg.create_task(pool.run(target.prepare_batch, batch, pool.stop))
-        run.tracker.advance(sum(length for _, _, length in run.plan.holes))  # new files are sparse: holes are done
-        await run.transfer(target)
+        run.tracker.advance(sum(length for _, _, length in run.plan.holes))  # holes are made by now
+        plan, kept = (run.plan, Kept(bytearray())) if target.created else await run.keep(target)
+        await run.transfer(plan, target)
         await pool.run(target.apply_metadata, pool.stop)
         await pool.run(target.flush)
         finished = True
@@ -228,7 +261,7 @@ async def _restore_tree(run: _Run, path: str) -> list[Problem]:
         target.close()
         if not finished:
             await _discard(pool, target.discard)
-    return target.problems
+    return target.problems, kept
 
 
 async def _discard(pool: WorkerPool, discard: Callable[[], None]) -> None:

@@ -1,6 +1,9 @@
 """Fetch → decompress → verify → write, in parallel and within a memory bound.
 
-``reads_in_flight`` workers take ranges from one shared iterator. Each receives its range into a buffer
+Workers take ranges from one shared iterator, as many at once as the ``Pacer`` allows (``pacing``: reads
+in flight and range size follow the link's measured latency and rate, within ``reads_in_flight`` and
+``max_range_bytes``); a plan's range larger than the pacer's range size is split at chunk boundaries.
+Each receives its range into a buffer
 from the ``BufferPool``, reused from range to range (fresh multi-MiB allocations per GET cost more CPU in
 page faults than the copy they replace); the pool holds every receive buffer within the byte limit the
 restore gives it (``memory_bytes`` less the decode buffers), so memory never follows what a manifest
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +33,7 @@ from agent.aio.taskgroups import task_group
 from agent.aio.threads import WorkerPool
 from agent.errors import ChunkCorrupt, CorruptedInTransit, ObjectTruncated
 from agent.pipeline.direct import ALIGN, pad_for
+from agent.pipeline.pacing import Pacer
 from agent.pipeline.plan import ChunkJob, FetchRange, Plan
 from agent.repo.chunks import ChunkCodec, decode_buffer
 from agent.repo.repository import Repository
@@ -48,12 +53,18 @@ class TransferStats:
     verify_failures: int = 0
     in_flight_bytes: int = 0
     """Receive buffers held for ranges being fetched, verified and written."""
+    reads_in_flight: int = 0
+    """Ranges being fetched, verified and written now."""
+    most_reads_in_flight: int = 0
+    range_bytes: int = 0
+    """The range size the pacer picks now."""
 
 
 class BufferPool:
-    """Receive buffers within a byte limit. ``take(n)`` hands out a free buffer of at least ``n`` bytes, or
-    allocates one of ``max(n, size)`` bytes if the limit allows (dropping free ones to make room), or waits
-    for one to be given back, first come first served. A request larger than the limit is served alone,
+    """Receive buffers within a byte limit. ``take(n)`` hands out a free buffer of ``n`` to twice
+    ``max(n, size)`` bytes, or allocates one of ``max(n, size)`` bytes if the limit allows (dropping free
+    ones to make room), or waits for one to be given back, first come first served (``size`` follows the
+    pacer's range size). A request larger than the limit is served alone,
     once nothing else is allocated."""
 
     def __init__(self, limit: int, size: int) -> None:
@@ -67,10 +78,10 @@ class BufferPool:
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     def _try(self, n: int) -> bytearray | None:
-        for i, buf in enumerate(self._free):
-            if len(buf) >= n:
-                return self._free.pop(i)
         want = max(n, self.size)
+        for i, buf in enumerate(self._free):
+            if n <= len(buf) <= 2 * want:  # a much larger one would hold memory smaller ranges could share
+                return self._free.pop(i)
         while self.allocated + want > self.limit and self._free:
             self.allocated -= len(self._free.pop())
         if self.allocated + want > self.limit:
@@ -132,9 +143,10 @@ def _decode_and_write(
     stop: threading.Event,
     max_plain: int,
     codec: ChunkCodec,
-) -> tuple[int, list[Bad]]:
+) -> tuple[int, list[Bad], float]:
     """Runs in a worker thread: verify each chunk of a fetched range and write it where it goes.
-    Returns the bytes written and the chunks that failed."""
+    Returns the bytes written, the chunks that failed and the seconds it took."""
+    started = time.perf_counter()
     out = decode_buffer(max_plain + ALIGN)
     view = memoryview(data)
     written = 0
@@ -152,7 +164,41 @@ def _decode_and_write(
         for slot, offset in job.places:
             sink.write(slot, offset, plain)
         written += job.plain * len(job.places)
-    return written, bad
+    return written, bad, time.perf_counter() - started
+
+
+def split(rng: FetchRange, size: int) -> list[FetchRange]:
+    """``rng`` cut at chunk boundaries into ranges of at most ``size`` stored bytes (a larger chunk is a
+    range of its own); chunks at the same offset stay together."""
+    pieces: list[FetchRange] = []
+    current: FetchRange | None = None
+    for job in rng.chunks:
+        end = job.offset + job.stored
+        if current is not None:
+            current_end = current.offset + current.length
+            if job.offset < current_end or max(end, current_end) - current.offset <= size:
+                current.length = max(end, current_end) - current.offset
+                current.chunks.append(job)
+                continue
+        current = FetchRange(rng.pack, job.offset, job.stored, [job])
+        pieces.append(current)
+    return pieces
+
+
+class _Ranges:
+    """The plan's ranges in order, each split (``split``) to the size asked when it is taken."""
+
+    def __init__(self, ranges: Iterator[FetchRange]) -> None:
+        self._ranges = ranges
+        self._pending: deque[FetchRange] = deque()
+
+    def take(self, size: int) -> FetchRange | None:
+        if not self._pending:
+            rng = next(self._ranges, None)
+            if rng is None or rng.length <= size:
+                return rng
+            self._pending.extend(split(rng, size))
+        return self._pending.popleft()
 
 
 def decode_bytes(threads: int, max_plain: int) -> int:
@@ -180,18 +226,24 @@ class _Transfer:
         self.stats = stats
         limit = settings.memory_bytes - decode_bytes(pool.threads, plan.max_plain)
         self.buffers = BufferPool(limit, settings.max_range_bytes)
-        self.ranges: Iterator[FetchRange] = iter(plan.ranges)
+        self.pacer = Pacer(settings.reads_in_flight, settings.max_range_bytes, limit, pool.threads)
+        self.ranges = _Ranges(iter(plan.ranges))
 
     async def fetch(self, pack: str, offset: int, into: memoryview) -> None:
         self.stats.requests += 1
-        await self.repo.read_pack_range_into(pack, offset, into)
+        started = time.monotonic()
+        first_byte = await self.repo.read_pack_range_into(pack, offset, into)
+        self.pacer.fetched(len(into), first_byte, time.monotonic() - started)
+        self.pacer.throttles(self.repo.storage.throttles())
         self.stats.fetched_bytes += len(into)
 
     async def decode(self, data: memoryview, base: int, jobs: list[ChunkJob]) -> tuple[int, list[Bad]]:
         pool = self.pool
-        return await pool.run(
+        written, bad, seconds = await pool.run(
             _decode_and_write, data, base, jobs, self.sink, pool.stop, self.plan.max_plain, self.repo.codec
         )
+        self.pacer.decoded(len(data), seconds)
+        return written, bad
 
     async def refetch(self, rng: FetchRange, failed: Bad, buffer: bytearray) -> None:
         """Fetch one failed chunk again on its own (into the range's buffer, which holds it) and write it."""
@@ -223,6 +275,7 @@ class _Transfer:
         )
 
     async def move(self, rng: FetchRange) -> None:
+        self.buffers.size = max(self.pacer.range_bytes(), 64 * 1024)
         buffer = await self.buffers.take(rng.length)
         self.stats.in_flight_bytes = self.buffers.held
         try:
@@ -243,8 +296,19 @@ class _Transfer:
             self.stats.in_flight_bytes = self.buffers.held
 
     async def worker(self) -> None:
-        for rng in self.ranges:
-            await self.move(rng)
+        pacer = self.pacer
+        while True:
+            await pacer.acquire()
+            try:
+                rng = self.ranges.take(pacer.range_bytes())
+                stats = self.stats
+                stats.reads_in_flight, stats.range_bytes = pacer.in_flight, pacer.range_bytes()
+                stats.most_reads_in_flight = max(stats.most_reads_in_flight, pacer.in_flight)
+                if rng is None:
+                    return
+                await self.move(rng)
+            finally:
+                await pacer.release()
 
 
 async def transfer(
@@ -259,5 +323,5 @@ async def transfer(
     """Move every range of the plan onto the sink; ``advance`` is called with bytes written."""
     run = _Transfer(repo, plan, sink, settings, pool, advance, stats)
     async with task_group() as tg:
-        for n in range(min(settings.reads_in_flight, len(plan.ranges))):
+        for n in range(settings.reads_in_flight if len(plan.ranges) else 0):
             tg.create_task(run.worker(), name=f"restore reader {n}")

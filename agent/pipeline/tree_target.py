@@ -14,8 +14,11 @@ to make one, an attribute the target filesystem refuses) is listed in ``problems
 
 Every path is opened beneath the target with ``agent.fs.beneath``: nothing is created, followed or
 overwritten outside it, whatever the manifest says, and paths longer than PATH_MAX work. An existing
-non-directory at an entry's path is replaced; an existing directory where a non-directory belongs is
-refused. A target directory this restore created is removed if the restore does not finish.
+non-directory at an entry's path is replaced, except a regular file of the entry's size whose only
+names are its own and the snapshot's hardlinks to it: that one is kept (what an interrupted restore left),
+its holes made, and its content checked against the chunks before any is fetched (``resume``). An
+existing directory where a non-directory belongs is refused. A target directory this restore created is
+removed if the restore does not finish.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from agent.errors import TargetError, UnsafePath
 from agent.fs import xattrs
 from agent.fs.beneath import open_beneath, proc_path
 from agent.fs.names import Problem, shown
-from agent.pipeline.direct import open_direct, pwrite_all, write_split
+from agent.fs.sparse import make_hole
+from agent.pipeline.direct import open_direct, pread_all, pwrite_all, write_split
 from agent.repo.format import Entry, Manifest, Meta, check_relative_path
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -71,6 +75,11 @@ class TreeTarget:
         """This restore made the target directory (so it may remove it if the restore does not finish)."""
         self._manifest = manifest
         self._files = [e for e in manifest.entries if e.type == "file"]
+        self._links: dict[str, list[str]] = {}
+        """The snapshot's hardlinks, by the path they link to."""
+        for e in manifest.entries:
+            if e.type == "hardlink":
+                self._links.setdefault(e.target, []).append(e.path)
         self._as_root = os.geteuid() == 0
         self.problems: list[Problem] = []
         """Entries or attributes that could not be restored as the snapshot has them."""
@@ -139,6 +148,13 @@ class TreeTarget:
                 self._remove(parent_fd, name, entry.path)
                 os.mkdir(name, 0o700, dir_fd=parent_fd)
         elif kind == "file":
+            fd = self._existing(parent_fd, name, entry)
+            if fd >= 0:
+                try:
+                    self._make_holes(fd, entry)
+                finally:
+                    os.close(fd)
+                return
             fd = self._replace(
                 parent_fd,
                 name,
@@ -172,6 +188,63 @@ class TreeTarget:
                 os.close(target_fd)
         else:
             self._make_node(parent_fd, name, entry)
+
+    def _existing(self, parent_fd: int, name: str, entry: Entry) -> int:
+        """A descriptor for writing the regular file already at the entry's path, if it can be kept: of the
+        entry's size, writable, and with no name but its own and the snapshot's hardlinks to it (another
+        name could be outside the target); else -1. Its content is checked chunk by chunk before anything
+        is fetched (``agent.pipeline.resume``)."""
+        try:
+            before = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except OSError:
+            return -1
+        if not stat.S_ISREG(before.st_mode) or before.st_size != entry.size:
+            return -1
+        if before.st_nlink != 1 and before.st_nlink != 1 + self._own_links(entry.path, before):
+            return -1
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent_fd)
+        except OSError:
+            return -1
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino, now.st_nlink, now.st_size) != (
+            before.st_dev,
+            before.st_ino,
+            before.st_nlink,
+            entry.size,
+        ):
+            os.close(fd)  # replaced or linked between the two looks
+            return -1
+        return fd
+
+    def _own_links(self, path: str, st: os.stat_result) -> int:
+        """How many of the snapshot's hardlinks to ``path`` are in the target as names of the file ``st``."""
+        found = 0
+        for link in self._links.get(path, ()):
+            try:
+                parent_fd, name = _parent(self.root_fd, link)
+            except TargetError:
+                continue
+            try:
+                there = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            except OSError:
+                continue
+            finally:
+                os.close(parent_fd)
+            found += (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino)
+        return found
+
+    def _make_holes(self, fd: int, entry: Entry) -> None:
+        """Make the snapshot's holes in a kept file read as zeros (a file left by an interrupted restore
+        has them already, one with other content does not)."""
+        plain = self._manifest.chunks.columns().plain
+        offset = 0
+        for c in entry.content:
+            if c < 0:
+                make_hole(fd, offset, -c)
+                offset -= c
+            else:
+                offset += plain[c]
 
     def _make_node(self, parent_fd: int, name: str, entry: Entry) -> None:
         """A FIFO or a device node (created private; its mode is applied with the rest of its metadata)."""
@@ -257,6 +330,20 @@ class TreeTarget:
         finally:
             if direct_fd >= 0:
                 os.close(direct_fd)
+            os.close(fd)
+
+    def read_into(self, slot: int, offset: int, into: memoryview) -> int:
+        """Read back up to ``len(into)`` bytes at ``offset`` of the slot's file (``agent.pipeline.resume``);
+        returns the count, 0 if the file cannot be opened."""
+        try:
+            fd = _beneath(self.root_fd, self._files[slot].path, os.O_RDONLY | os.O_NONBLOCK)
+        except TargetError:
+            return 0
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return 0
+            return pread_all(fd, into, offset)
+        finally:
             os.close(fd)
 
     # --- phase 3 ----------------------------------------------------------------------------------------

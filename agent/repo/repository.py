@@ -248,10 +248,11 @@ class Repository:
         except ObjectNotFound:
             raise self._pack_missing(name) from None
 
-    async def read_pack_range_into(self, name: str, offset: int, buffer: memoryview) -> None:
-        """Fill ``buffer`` with the pack's bytes from ``offset``."""
+    async def read_pack_range_into(self, name: str, offset: int, buffer: memoryview) -> float:
+        """Fill ``buffer`` with the pack's bytes from ``offset``; returns the store's time to first byte in
+        seconds (0.0 where the storage cannot tell)."""
         try:
-            await self.storage.get_range_into(pack_key(name), offset, buffer)
+            return await self.storage.get_range_into(pack_key(name), offset, buffer)
         except ObjectNotFound:
             raise self._pack_missing(name) from None
 

@@ -41,10 +41,18 @@ class Storage(abc.ABC):
         """Exactly ``length`` bytes from ``offset``. Raises ObjectNotFound, ObjectTruncated (the object is
         shorter), or TransientStorageError when fewer bytes arrived than the object holds."""
 
-    async def get_range_into(self, key: str, offset: int, buffer: memoryview) -> None:
+    async def get_range_into(self, key: str, offset: int, buffer: memoryview) -> float:
         """Fill ``buffer`` with the ``len(buffer)`` bytes from ``offset``. Raises as ``get_range``.
-        Backends that can receive straight into the buffer override this."""
+        Returns the seconds the store took to begin answering (its time to first byte; 0.0 where a backend
+        cannot tell), which a restore paces its reads by. Backends that can receive straight into the
+        buffer override this."""
         buffer[:] = await self.get_range(key, offset, len(buffer))
+        return 0.0
+
+    def throttles(self) -> int:
+        """How many answers so far asked this client to slow down (HTTP 503 SlowDown, 429 and the like):
+        a restore halves its reads in flight on a new one. 0 for backends that never throttle."""
+        return 0
 
     @abc.abstractmethod
     async def put(self, key: str, data: bytes) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import io
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, TypeVar
@@ -65,6 +66,8 @@ _TRANSIENT = {
     "RequestTimeTooSkewed",
     "ConditionalRequestConflict",  # 409 to a conditional PUT racing another: try again
 }
+_THROTTLE = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "BandwidthLimitExceeded"}
+"""Answers that ask the client to slow down (with HTTP 503 and 429): counted for the restore's pacing."""
 _TRANSIENT_BOTOCORE = (
     botocore.exceptions.EndpointConnectionError,
     botocore.exceptions.ConnectionClosedError,
@@ -138,6 +141,7 @@ class S3Storage(Storage):
         self._stack = AsyncExitStack()
         self._client: S3Client | None = None
         self.on_retry: RetryHook | None = None
+        self._throttles = 0
 
     @classmethod
     async def open(cls, settings: S3Settings, bucket: str, prefix: str) -> S3Storage:
@@ -226,13 +230,17 @@ class S3Storage(Storage):
         await self.get_range_into(key, offset, memoryview(buffer))
         return bytes(buffer)
 
-    async def get_range_into(self, key: str, offset: int, buffer: memoryview) -> None:
+    async def get_range_into(self, key: str, offset: int, buffer: memoryview) -> float:
         length = len(buffer)
+        first_byte = 0.0
 
         async def op() -> None:
+            nonlocal first_byte
+            started = time.monotonic()
             response = await self.client.get_object(
                 Bucket=self._bucket, Key=self._key(key), Range=f"bytes={offset}-{offset + length - 1}"
             )
+            first_byte = time.monotonic() - started
             filled = 0
             extra = False
             async with response["Body"] as body:
@@ -269,6 +277,10 @@ class S3Storage(Storage):
                 )
 
         await self._call("GET", key, op)
+        return first_byte
+
+    def throttles(self) -> int:
+        return self._throttles
 
     async def put(self, key: str, data: bytes) -> None:
         async def op() -> None:
@@ -411,6 +423,8 @@ class S3Storage(Storage):
             elif code == "InvalidRange" or status == 416:
                 out = ObjectTruncated(f"{what}: the object is shorter than the range asked for")
             elif code in _TRANSIENT or status >= 500 or status == 429:
+                if code in _THROTTLE or status in (429, 503):
+                    self._throttles += 1
                 out = TransientStorageError(f"{what} failed with {code or status}, will retry")
             else:
                 out = StorageError(f"{what} failed: {code or status} {err.get('Message', '')}".rstrip())

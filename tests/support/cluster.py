@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.app import Agent
-from agent.controller.jobs import Progress, RestoreJob, Restorer
+from agent.controller.jobs import Notice, Progress, RestoreJob, Restorer
 from agent.settings import AgentSettings
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.kube import KubeServer
@@ -295,9 +295,9 @@ class CountingRestorer:
     node: str
     runs: dict[str, list[str]] = field(default_factory=dict)
 
-    async def __call__(self, job: RestoreJob, progress: Progress) -> None:
+    async def __call__(self, job: RestoreJob, progress: Progress, notice: Notice) -> None:
         self.runs.setdefault(job.key, []).append(self.node)
-        await self.inner(job, progress)
+        await self.inner(job, progress, notice)
 
 
 @asynccontextmanager

@@ -30,6 +30,10 @@ class FaultyProxy:
     """Hold this many requests until the client gives up."""
     stall_ranged: bool = False
     """Hold every ranged GET (a restore's pack reads) until ``released`` is set."""
+    stall_ranged_after: int = 0
+    """With ``stall_ranged``: let this many ranged GETs through first."""
+    ranged_bytes: int = 0
+    """Body bytes of the ranged GETs answered (what restores fetched through the proxy)."""
     stall_puts: bool = False
     """Hold every PUT (a backup's pack and manifest uploads) until ``released`` is set."""
     holding: asyncio.Event = field(default_factory=asyncio.Event)
@@ -85,7 +89,11 @@ class FaultyProxy:
         if self.fail_next > 0:
             self.fail_next -= 1
             return web.Response(status=self.fail_status, text=SLOW_DOWN, content_type="application/xml")
-        held = (self.stall_ranged and "Range" in request.headers) or (self.stall_puts and request.method == "PUT")
+        ranged = "Range" in request.headers
+        if ranged and self.stall_ranged and self.stall_ranged_after > 0 and not self.released.is_set():
+            self.stall_ranged_after -= 1
+            ranged = False  # let through
+        held = (self.stall_ranged and ranged) or (self.stall_puts and request.method == "PUT")
         if self.stall_next > 0 or held:
             self.stall_next = max(0, self.stall_next - 1)
             self.holding.set()
@@ -99,6 +107,8 @@ class FaultyProxy:
             payload = await upstream.read()
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP}
             ranged = "Range" in request.headers
+            if ranged and request.method == "GET":
+                self.ranged_bytes += len(payload)
             if (
                 request.method == "GET"
                 and upstream.status in (200, 206)
