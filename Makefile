@@ -51,6 +51,7 @@ test: lint typecheck layers unit
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.link
+	$(BIN)/python -m bench.resume
 	$(BIN)/python -m bench.backup
 	$(BIN)/python -m bench.first_byte
 	$(BIN)/python -m bench.planning

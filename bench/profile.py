@@ -122,7 +122,10 @@ def run(work: Path, workload: str, size: int) -> dict[str, Any]:
         ]
         from bench.measure import run_measured  # noqa: PLC0415
 
-        m = run_measured(argv, size, env=env, cwd=ROOT, log=work / "py-spy.log")
+        m = run_measured(argv, size, env=ferry.env, cwd=ROOT, log=work / "py-spy.log")
+        output = (work / "py-spy.log").read_text(errors="replace")
+        if '"output_bytes"' not in output:  # py-spy exits 0 whatever its child did
+            raise SystemExit(f"the profiled restore failed:\n{output[-2000:]}")
     finally:
         server.stop()
     return {"machine": machine(), "workload": workload, "bytes": size, "wall_s": m.wall_s, **aggregate(raw)}

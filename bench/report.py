@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -214,8 +215,10 @@ def profile_table(paths: list[Path]) -> list[str]:
     runs = [json.loads(p.read_text()) for p in paths]
     stages = sorted({s for r in runs for s in r["stages"]}, key=lambda s: -max(r["stages"].get(s, 0) for r in runs))
     lines = [
-        "Command: `python -m bench.profile --workload block|file --size-mib 2048` (250 samples/s of every thread "
-        "that is not idle; a thread blocked in an O_DIRECT write counts, so this is time, not CPU).",
+        "Commands: "
+        + "; ".join(f"`{r.get('command', 'python -m bench.profile --workload ' + r['workload'])}`" for r in runs)
+        + " (250 samples/s of every thread that is not idle; a thread blocked in an O_DIRECT write counts, so "
+        "this is time, not CPU).",
         "",
         "| stage | " + " | ".join(f"{r['workload']} ({r['samples']} samples)" for r in runs) + " |",
         "|---|" + "---|" * len(runs),
@@ -272,6 +275,28 @@ def link_table(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def resume_table(r: dict[str, Any]) -> list[str]:
+    """Killed restores run again (``bench.resume``)."""
+    lines = [
+        f"Command: `{r.get('command', 'python -m bench.resume')}`: `ferry restore` killed (SIGKILL) once it had "
+        "received a random share of the data, then run again. Fetched twice: what both runs received beyond "
+        "what one uninterrupted restore receives.",
+        "",
+        "| target | kills | whole restore MiB | fetched twice, median (max) share of the whole | fetched twice, "
+        "median (max) share of what the killed run had left |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, t in r["targets"].items():
+        rows = t["kills"]
+        whole = [x["refetched_share_of_whole"] for x in rows]
+        left = [x["refetched_share_of_left"] for x in rows if x["first_bytes"] < t["whole_bytes"]]
+        lines.append(
+            f"| {kind} | {len(rows)} | {t['whole_bytes'] / 2**20:.0f} | {statistics.median(whole):.1%} "
+            f"({max(whole):.1%}) | {statistics.median(left):.1%} ({max(left):.1%}) |"
+        )
+    return [*lines, ""]
+
+
 def hostile_table(h: dict[str, Any]) -> list[str]:
     lines = [
         "Command: `python -m bench.hostile`; each stored manifest decoded in a fresh process; peak RSS is the "
@@ -299,6 +324,9 @@ def render(results: Path) -> list[str]:
     link = results / "link.json"
     if link.exists():
         lines += ["### Restores over an S3-like link", "", *link_table(json.loads(link.read_text()))]
+    resume = results / "resume.json"
+    if resume.exists():
+        lines += ["### Resuming killed restores", "", *resume_table(json.loads(resume.read_text()))]
     backup = results / "backup.json"
     if backup.exists():
         lines += ["### Snapshot creation", "", *backup_table(json.loads(backup.read_text()))]

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from bench import backup, lifecycle, link, report, suite
+from bench import backup, lifecycle, link, report, resume, suite
 from bench.workloads import Sizes
 
 
@@ -119,3 +119,16 @@ def test_the_link_benchmark_runs_every_tool_over_loopback_and_a_slow_link(tmp_pa
     rendered = "\n".join(report.render(results))
     assert "| 5ms-50MBps |" in rendered
     assert "Ferry ÷ one GET" in rendered
+
+
+def test_the_resume_benchmark_kills_restores_and_runs_them_again(tmp_path: Path) -> None:
+    """bench.resume on tiny data: each killed restore is run again and checked byte for byte."""
+    result = resume.run(tmp_path / "work", Sizes.smoke(), kills=2, targets=("image", "tree"), log=print)
+    assert set(result["targets"]) == {"image", "tree"}
+    for t in result["targets"].values():
+        assert len(t["kills"]) == 2
+        assert all(k["again_bytes"] <= t["whole_bytes"] * 1.05 + 65536 for k in t["kills"])
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "resume.json").write_text(json.dumps(result))
+    assert "| image | 2 |" in "\n".join(report.render(results))

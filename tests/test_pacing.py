@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from agent.backup.writer import create_snapshot
 from agent.pipeline.pacing import Pacer
+from agent.pipeline.plan import ChunkJob, FetchRange
 from agent.pipeline.restore import restore
-from agent.pipeline.transfer import TransferStats
+from agent.pipeline.transfer import TransferStats, split
 from agent.repo.repository import Repository
 from agent.settings import KiB, MiB, RestoreSettings, SnapshotSettings
 from agent.storage.s3 import S3Storage
@@ -25,10 +26,11 @@ from tests.support.seaweed import SeaweedServer, s3_settings_for
 BUDGET = 80 * MiB
 
 
-def test_before_any_answer_ranges_are_the_cap_and_reads_what_memory_holds() -> None:
+def test_before_any_answer_ranges_are_the_cap_and_reads_start_small() -> None:
     pacer = Pacer(max_reads=32, max_range=8 * MiB, budget=BUDGET, threads=2)
     assert pacer.range_bytes() == 8 * MiB
-    assert pacer.reads() == 10
+    assert pacer.reads() == 4, "one per decoding thread and two more, until the link is measured"
+    assert Pacer(max_reads=32, max_range=8 * MiB, budget=16 * MiB, threads=2).reads() == 2, "within the memory"
 
 
 def test_a_slow_link_gets_smaller_ranges_and_more_reads_than_loopback() -> None:
@@ -43,6 +45,17 @@ def test_a_slow_link_gets_smaller_ranges_and_more_reads_than_loopback() -> None:
     assert far.range_bytes() < 4 * MiB
     assert far.reads() > 2 * loopback.reads()
     assert far.reads() * far.range_bytes() <= BUDGET
+
+
+def test_near_storage_gets_only_the_reads_that_keep_the_decoders_busy() -> None:
+    """Little's law: at 1 ms and 1 GB/s per connection, a few 8 MiB reads feed two decoders at 300 MB/s
+    each; more would only wait for a decoder, holding memory (and lost if the restore is killed)."""
+    pacer = Pacer(max_reads=32, max_range=8 * MiB, budget=BUDGET, threads=2)
+    for _ in range(20):
+        pacer.fetched(8 * MiB, 0.001, 0.001 + 8 * MiB / 1e9)
+        pacer.decoded(8 * MiB, 8 * MiB / 300e6)
+    assert pacer.reads() == 4  # ceil(1.5 * 600 MB/s * 9.4 ms / 8 MiB) = 2, and one per decoding thread
+    assert pacer.reads() < BUDGET // pacer.range_bytes()
 
 
 @given(
@@ -63,6 +76,26 @@ def test_the_pacer_stays_within_its_caps_and_the_memory(
     assert min(pacer.min_range, max_range) <= size <= max_range
     assert 1 <= reads <= cap
     assert reads == 1 or reads * size <= budget
+
+
+@given(
+    chunks=st.lists(st.tuples(st.integers(0, 3 * MiB), st.integers(1, 3 * MiB)), min_size=1, max_size=40),
+    size=st.integers(64 * KiB, 8 * MiB),
+)
+def test_a_split_range_covers_every_chunk_in_order_within_the_size(chunks: list[tuple[int, int]], size: int) -> None:
+    jobs, offset = [], 0
+    for i, (gap, stored) in enumerate(chunks):
+        offset += gap if i else 0
+        jobs.append(ChunkJob(i, b"", offset, stored, stored, [(0, 0)]))
+        offset += stored
+    whole = FetchRange("p", jobs[0].offset, offset - jobs[0].offset, jobs)
+    pieces = split(whole, size)
+    assert [j.index for p in pieces for j in p.chunks] == list(range(len(jobs)))
+    for p in pieces:
+        assert p.pack == "p"
+        assert p.offset == p.chunks[0].offset
+        assert all(p.offset <= j.offset and j.offset + j.stored <= p.offset + p.length for j in p.chunks)
+        assert p.length <= size or len(p.chunks) == 1
 
 
 def test_slow_down_halves_the_reads_once_per_round_and_they_come_back() -> None:

@@ -11,11 +11,16 @@ threads). So the range size is the larger of ``M / N`` and the largest size that
 ``HEADROOM * C``:
 
     S = max(M / N, R * (M / (HEADROOM * C) - L)), within [min_range, max_range]
-    reads in flight = M / S, within [1, N]
+    reads in flight = min(M / S, HEADROOM * C * (L + S / R) / S + threads), within [1, N]
+
+The second bound on the reads is Little's law: that many GETs in flight deliver ``HEADROOM * C``, plus one
+range per decoding thread being decoded. More would only wait for a decoder, holding memory (and be
+fetched again if the restore is killed: ``resume``).
 
 (the settings ``max_range_bytes`` and ``reads_in_flight`` are the caps ``max_range`` and ``N``, never
 exceeded). ``L``, ``R`` and the decode rate are moving averages over the last GETs (weight ``ALPHA``
-each); until the first GET answers, ranges are ``max_range`` and reads ``min(N, M / max_range)``.
+each); until the first GET answers, ranges are ``max_range`` and reads at most ``threads + 2`` (a slow
+start: a restore killed in its first moments loses little, and a near store never needs more).
 
 Throttling: an answer asking to slow down (503 SlowDown, 429, counted by the storage) halves the reads in
 flight (at most once per round of GETs in flight); each GET that succeeds without one gives back 1/n of a
@@ -27,6 +32,7 @@ Every number here is in bytes and seconds. The pacer is used from the event loop
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -87,7 +93,14 @@ class Pacer:
 
     def reads(self) -> int:
         """How many GETs may be in flight now."""
-        reads = max(1, min(self.max_reads, self.budget // self.range_bytes()))
+        size = self.range_bytes()
+        reads = max(1, min(self.max_reads, self.budget // size))
+        if self.latency is None or self.rate is None:  # nothing measured yet: start as TCP does, small
+            reads = max(1, min(reads, self.threads + 2))
+        else:
+            decode = self.threads * (self.decode_rate or ASSUMED_DECODE_RATE)
+            busy = math.ceil(HEADROOM * decode * (self.latency + size / self.rate) / size) + self.threads
+            reads = max(1, min(reads, busy))
         if self.throttled_reads is not None:
             reads = max(1, min(reads, int(self.throttled_reads)))
         return reads

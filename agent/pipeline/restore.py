@@ -252,7 +252,7 @@ async def _restore_tree(run: _Run, path: str) -> tuple[list[Problem], Kept]:
                 for batch in stage:
                     tg.create_task(pool.run(target.prepare_batch, batch, pool.stop))
         run.tracker.advance(sum(length for _, _, length in run.plan.holes))  # holes are made by now
-        plan, kept = (run.plan, Kept(bytearray())) if target.created else await run.keep(target)
+        plan, kept = await run.keep(target) if target.kept_files else (run.plan, Kept(bytearray()))
         await run.transfer(plan, target)
         await pool.run(target.apply_metadata, pool.stop)
         await pool.run(target.flush)

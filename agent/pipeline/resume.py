@@ -13,7 +13,8 @@ was written and nothing after its newest was started; between the two lie at mos
 flight, whose stored bytes its memory limit bounds. Once more than ``window`` stored bytes in a row are
 missing, the rest of the plan was never started, and the check ends. A restore into a fresh target
 therefore reads about ``window`` bytes before it starts; a resumed one reads back what it keeps (local
-reads at the target's speed instead of fetches). docs/RESTORE.md has the trade-off against a journal.
+reads at the target's speed instead of fetches). docs/PERFORMANCE.md ("Resuming an interrupted restore")
+has the trade-off against a journal.
 """
 
 from __future__ import annotations
@@ -48,11 +49,7 @@ class Kept:
     bytes: int = 0
     """Plain bytes those chunks account for, every place counted."""
     checked_bytes: int = 0
-    """Plain bytes read back from the target to find out."""
-
-    @property
-    def count(self) -> int:
-        return self.chunks.count(1)
+    """Plain bytes of the chunks checked (each read back until a place does not hold it)."""
 
 
 def window_bytes(settings: RestoreSettings) -> int:

@@ -1,19 +1,19 @@
 """Fetch → decompress → verify → write, in parallel and within a memory bound.
 
-Workers take ranges from one shared iterator, as many at once as the ``Pacer`` allows (``pacing``: reads
-in flight and range size follow the link's measured latency and rate, within ``reads_in_flight`` and
-``max_range_bytes``); a plan's range larger than the pacer's range size is split at chunk boundaries.
-Each receives its range into a buffer
-from the ``BufferPool``, reused from range to range (fresh multi-MiB allocations per GET cost more CPU in
-page faults than the copy they replace); the pool holds every receive buffer within the byte limit the
-restore gives it (``memory_bytes`` less the decode buffers), so memory never follows what a manifest
-says. Decompression, BLAKE3 verification and the write of a range's chunks run together in one
-worker-thread call, into that thread's reused, page-aligned buffer, each chunk placed so that its whole
-blocks can be written with O_DIRECT (see ``direct``); writes land at each chunk's offsets, in any order.
+Workers take ranges from one shared iterator, as many at once as the ``Pacer`` allows (``pacing``: reads in
+flight and range size follow the link's measured latency and rate, within ``reads_in_flight`` and
+``max_range_bytes``); a plan's range larger than the pacer's range size is split at chunk boundaries. Each
+receives its range into a buffer from the ``BufferPool``, reused from range to range (fresh multi-MiB
+allocations per GET cost more CPU in page faults than the copy they replace); the pool holds every receive
+buffer within the byte limit the restore gives it (``memory_bytes`` less the decode buffers), so memory
+never follows what a manifest says. Decompression, BLAKE3 verification and the write of a range's chunks run
+together in one worker-thread call, into that thread's reused, page-aligned buffer, each chunk placed so
+that its whole blocks can be written with O_DIRECT (see ``direct``); writes land at each chunk's offsets, in
+any order.
 
 A chunk that fails is never written: it is fetched again on its own. The same wrong bytes twice mean the
-stored chunk is damaged (``ChunkCorrupt``); bytes that differ on every one of ``fetch_attempts``
-fetches mean the path to the storage corrupts data (``CorruptedInTransit``).
+stored chunk is damaged (``ChunkCorrupt``); bytes that differ on every one of ``fetch_attempts`` fetches
+mean the path to the storage corrupts data (``CorruptedInTransit``).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class TransferStats:
     reads_in_flight: int = 0
     """Ranges being fetched, verified and written now."""
     most_reads_in_flight: int = 0
+    """The most ranges in flight at once so far."""
     range_bytes: int = 0
     """The range size the pacer picks now."""
 

@@ -83,6 +83,8 @@ class TreeTarget:
         self._as_root = os.geteuid() == 0
         self.problems: list[Problem] = []
         """Entries or attributes that could not be restored as the snapshot has them."""
+        self.kept_files = False
+        """``prepare`` kept a regular file that was already there (else nothing can hold a chunk yet)."""
         self._not_created: set[str] = set()
         """FIFOs and device nodes that could not be made (their metadata is not applied either)."""
 
@@ -150,6 +152,7 @@ class TreeTarget:
         elif kind == "file":
             fd = self._existing(parent_fd, name, entry)
             if fd >= 0:
+                self.kept_files = True
                 try:
                     self._make_holes(fd, entry)
                 finally:

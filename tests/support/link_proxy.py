@@ -98,6 +98,7 @@ class _Link(asyncio.Protocol):
         """Send the server's bytes on at no more than ``rate`` a second (pausing the server's side)."""
         assert self.client is not None
         self.client.write(data)
+        self.proxy.delivered += len(data)
         rate = self.proxy.rate
         if not rate or self.upstream is None:
             return
@@ -140,6 +141,8 @@ class LinkProxy:
     slow_down: int = 0
     """Answer this many ranged GETs with 503 SlowDown (counted down)."""
     slowed: int = 0
+    delivered: int = 0
+    """Bytes sent to clients (answers, headers included)."""
     port: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
