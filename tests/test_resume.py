@@ -208,3 +208,20 @@ async def test_checking_a_fresh_target_stops_after_the_window(counting: Counting
     data = manifest.size - await _hole_bytes(repo, sid)
     assert kept.checked_bytes * plan.fetch_bytes / data <= MiB + 2 * 4 * 256 * KiB + 256 * KiB
     assert kept.checked_bytes < data, "the check stopped before the end"
+
+
+async def test_a_file_with_attributes_the_snapshot_lacks_is_made_anew(repo: Repository, tmp_path: Path) -> None:
+    """Restoring metadata removes only ACLs the snapshot lacks: a kept file would carry a stale capability
+    or user attribute over, so such a file is replaced (its content hashing right notwithstanding)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "tool").write_bytes(random.Random(4).randbytes(200 * KiB))
+    snap = await create_snapshot(repo, str(tree), SnapshotSettings(pack_bytes=1 * MiB, threads=2))
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "tool").write_bytes((tree / "tool").read_bytes())
+    os.setxattr(target / "tool", "user.stale", b"from other content")
+    result = await restore(repo, snap.snapshot_id, str(target), SMALL)
+    assert os.listxattr(target / "tool") == []
+    assert (target / "tool").read_bytes() == (tree / "tool").read_bytes()
+    assert result.kept_bytes == 0, "made anew (ext4 may give the new file the old inode number)"

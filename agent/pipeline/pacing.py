@@ -17,8 +17,8 @@ The second bound on the reads is Little's law: that many GETs in flight deliver 
 range per decoding thread being decoded. More would only wait for a decoder, holding memory (and be
 fetched again if the restore is killed: ``resume``).
 
-(the settings ``max_range_bytes`` and ``reads_in_flight`` are the caps ``max_range`` and ``N``, never
-exceeded). ``L``, ``R`` and the decode rate are moving averages over the last GETs (weight ``ALPHA``
+The settings ``max_range_bytes`` and ``reads_in_flight`` are the caps ``max_range`` and ``N``, never
+exceeded. ``L``, ``R`` and the decode rate are moving averages over the last GETs (weight ``ALPHA``
 each); until the first GET answers, ranges are ``max_range`` and reads at most ``threads + 2`` (a slow
 start: a restore killed in its first moments loses little, and a near store never needs more).
 

@@ -15,7 +15,8 @@ to make one, an attribute the target filesystem refuses) is listed in ``problems
 Every path is opened beneath the target with ``agent.fs.beneath``: nothing is created, followed or
 overwritten outside it, whatever the manifest says, and paths longer than PATH_MAX work. An existing
 non-directory at an entry's path is replaced, except a regular file of the entry's size whose only
-names are its own and the snapshot's hardlinks to it: that one is kept (what an interrupted restore left),
+names are its own and the snapshot's hardlinks to it, with no extended attribute the snapshot's lacks:
+that one is kept (what an interrupted restore left),
 its holes made, and its content checked against the chunks before any is fetched (``resume``). An
 existing directory where a non-directory belongs is refused. A target directory this restore created is
 removed if the restore does not finish.
@@ -218,7 +219,21 @@ class TreeTarget:
         ):
             os.close(fd)  # replaced or linked between the two looks
             return -1
+        if self._foreign_attributes(fd, entry):
+            os.close(fd)
+            return -1
         return fd
+
+    @staticmethod
+    def _foreign_attributes(fd: int, entry: Entry) -> bool:
+        """The file has extended attributes the snapshot's does not (a capability, a user attribute of
+        other content): restoring metadata sets the snapshot's but removes only ACLs, so such a file is made
+        anew rather than kept. The security module's own label (``security.selinux``) does not count."""
+        try:
+            present = os.listxattr(fd)
+        except OSError:
+            return False  # a filesystem without extended attributes has none to carry over
+        return bool(set(present) - {name for name, _ in entry.meta.xattrs} - {"security.selinux"})
 
     def _own_links(self, path: str, st: os.stat_result) -> int:
         """How many of the snapshot's hardlinks to ``path`` are in the target as names of the file ``st``."""
