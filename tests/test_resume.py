@@ -29,6 +29,7 @@ from agent.repo.repository import Repository
 from agent.settings import KiB, MiB, RestoreSettings, SnapshotSettings
 from agent.storage.local import LocalStorage
 from tests.support.data import make_sample_tree, tree_differences, write_mixed_image
+from tests.support.fidelity import ANY, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ, acl
 
 SNAP = SnapshotSettings(block_chunk_bytes=256 * KiB, pack_bytes=2 * MiB, threads=2)
 SMALL = RestoreSettings(reads_in_flight=4, max_range_bytes=256 * KiB, max_gap_bytes=16 * KiB, memory_bytes=4 * MiB)
@@ -153,6 +154,28 @@ async def test_a_tree_restore_stopped_midway_keeps_its_files_and_fetches_the_res
     assert result.kept_bytes + await _hole_bytes(repo, snap.snapshot_id) >= done_before
     after = {p.name: p.stat().st_ino for p in (target / "data").iterdir() if p.name in inodes}
     assert after == inodes, "files of the right size are kept, not made anew"
+
+
+async def test_files_that_inherited_the_volume_s_default_acl_are_still_kept(
+    counting: CountingStorage, tmp_path: Path
+) -> None:
+    """A volume whose root has a default ACL gives every file the interrupted run made an ACL of its own;
+    restoring metadata removes it, so it does not make the file foreign."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(12):
+        (tree / f"file-{i:02}.bin").write_bytes(random.Random(i).randbytes(700 * KiB))
+    repo = Repository(counting)
+    snap = await create_snapshot(repo, str(tree), SnapshotSettings(pack_bytes=1 * MiB, threads=2))
+    target = tmp_path / "target"
+    target.mkdir()
+    default = acl((USER_OBJ, 7, ANY), (USER, 7, 1000), (GROUP_OBJ, 5, ANY), (MASK, 7, ANY), (OTHER, 5, ANY))
+    os.setxattr(target, "system.posix_acl_default", default)
+    await _killed_at(repo, snap.snapshot_id, target, 0.6)
+    assert "system.posix_acl_access" in os.listxattr(target / "file-00.bin"), "inherited from the target"
+    result, _ = await _rerun(repo, snap.snapshot_id, target)
+    assert tree_differences(tree, target) == []
+    assert result.kept_bytes > 0
 
 
 async def test_a_damaged_byte_in_kept_data_is_found_and_fetched_again(

@@ -228,12 +228,14 @@ class TreeTarget:
     def _foreign_attributes(fd: int, entry: Entry) -> bool:
         """The file has extended attributes the snapshot's does not (a capability, a user attribute of
         other content): restoring metadata sets the snapshot's but removes only ACLs, so such a file is made
-        anew rather than kept. The security module's own label (``security.selinux``) does not count."""
+        anew rather than kept. ACLs (inherited from a directory's default ACL, removed with the metadata)
+        and the security module's own label (``security.selinux``) do not count."""
         try:
             present = os.listxattr(fd)
         except OSError:
             return False  # a filesystem without extended attributes has none to carry over
-        return bool(set(present) - {name for name, _ in entry.meta.xattrs} - {"security.selinux"})
+        ignored = {name for name, _ in entry.meta.xattrs} | set(xattrs.ACL_NAMES) | {"security.selinux"}
+        return bool(set(present) - ignored)
 
     def _own_links(self, path: str, st: os.stat_result) -> int:
         """How many of the snapshot's hardlinks to ``path`` are in the target as names of the file ``st``."""
