@@ -640,7 +640,7 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         _report("not restored:", result.problems)
         if not args.json:
             kept = (
-                f", {human_bytes(result.kept_bytes)} kept from the target (an interrupted restore's, checked)"
+                f", {human_bytes(result.kept_bytes)} already on the target and kept (checked chunk by chunk)"
                 if result.kept_bytes
                 else ""
             )
