@@ -1,5 +1,6 @@
 """``ferry restore`` killed (SIGKILL) partway and run again: it keeps what the killed run wrote, for an image
-file it created and for a directory tree, and fetches only the rest."""
+file it created and for a directory tree, and fetches only the rest. ``proxy`` (tests/agent_fixtures.py)
+holds the reads after the first few, so the kill comes at a known point."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import os
 import random
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,15 +33,6 @@ def _env(endpoint: str) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         "AWS_REGION": "us-east-1",
     }
-
-
-@pytest.fixture
-async def proxy(s3_server: SeaweedServer) -> AsyncIterator[FaultyProxy]:
-    p = await FaultyProxy(s3_server.endpoint).start()
-    try:
-        yield p
-    finally:
-        await p.stop()
 
 
 def _source(kind: str, tmp_path: Path) -> Path:
