@@ -113,14 +113,13 @@ class DataPathRestorer:
 
         def on_progress(done: int, total: int) -> None:
             nonlocal reported
-            if done > reported:
-                self._metrics.restored_bytes.inc(done - reported)
-                reported = done
+            written = done - stats.kept_bytes  # kept bytes were written by the run that was interrupted
+            if written > reported:
+                self._metrics.restored_bytes.inc(written - reported)
+                reported = written
             progress(done, total)
 
         def on_resumed(kept: int, total: int) -> None:
-            nonlocal reported
-            reported += kept  # restored by the run that was interrupted, not this one
             notice(
                 "Resumed",
                 f"kept {kept / 1e9:.2f} GB of {total / 1e9:.2f} GB already on the volume (each chunk checked "

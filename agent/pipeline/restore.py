@@ -41,7 +41,8 @@ Progress = Callable[[int, int], None]
 """Called on the event loop with (bytes done, total bytes)."""
 Resumed = Callable[[int, int], None]
 """Called on the event loop, once, when the target already holds part of the snapshot (an interrupted
-restore's work): (bytes kept, total bytes)."""
+restore's work) and the check of it is over: (bytes kept, total bytes). Progress has counted the kept
+bytes as they were found (``TransferStats.kept_bytes`` too)."""
 
 
 @dataclass(frozen=True)
@@ -210,16 +211,21 @@ class _Run:
     async def keep(self, target: BlockTarget | TreeTarget) -> tuple[Plan, Kept]:
         """Check what the target already holds; the plan for the rest, and what is kept (counted done)."""
         manifest = self.manifest
-        chunks = len(manifest.chunks)
-        kept = await find_kept(self.plan, target, self.repo.codec.id_of, self.pool, window_bytes(self.settings), chunks)
+        stats, tracker = self.stats, self.tracker
+
+        def found(n: int) -> None:
+            stats.kept_bytes += n  # before progress counts it: a reader of both never sees it as written
+            tracker.advance(n)
+
+        window = window_bytes(self.settings)
+        kept = await find_kept(self.plan, target, self.repo.codec.id_of, self.pool, window, len(manifest.chunks), found)
         if not kept.bytes:
             return self.plan, kept
         log.info("the target already holds %d bytes of the snapshot: kept, not fetched again", kept.bytes)
         replan = plan_block if manifest.mode == "block" else plan_tree
         plan = await self.pool.run(replan, manifest, self.settings, kept.chunks)
         if self.resumed is not None:
-            self.resumed(kept.bytes, self.tracker.total)
-        self.tracker.advance(kept.bytes)
+            self.resumed(kept.bytes, tracker.total)
         return plan, kept
 
 

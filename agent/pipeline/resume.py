@@ -82,10 +82,18 @@ def _check(
 
 
 async def find_kept(
-    plan: Plan, target: Readable, id_of: Callable[[memoryview], bytes], pool: WorkerPool, window: int, chunks: int
+    plan: Plan,
+    target: Readable,
+    id_of: Callable[[memoryview], bytes],
+    pool: WorkerPool,
+    window: int,
+    chunks: int,
+    found: Callable[[int], None] | None = None,
 ) -> Kept:
     """Which of the plan's chunks the target already holds (``chunks``: the manifest's table size).
-    Runs on ``pool``'s threads, ``RANGES_PER_CALL`` ranges per call, and stops as described above."""
+    Runs on ``pool``'s threads, ``RANGES_PER_CALL`` ranges per call, and stops as described above.
+    ``found`` is called on the event loop with the plain bytes kept by each round of calls, as they are
+    found (a check of a large resumed volume takes minutes: progress shows it going)."""
     kept = Kept(bytearray(chunks))
     ranges = iter(plan.ranges)
     missing = 0
@@ -95,6 +103,7 @@ async def find_kept(
             break
         async with task_group() as tg:
             tasks = [tg.create_task(pool.run(_check, c, target, id_of, plan.max_plain, pool.stop)) for c in calls]
+        before = kept.bytes
         for task in tasks:
             for index, stored, placed, there in task.result():
                 kept.checked_bytes += placed
@@ -104,4 +113,6 @@ async def find_kept(
                     missing = 0
                 else:
                     missing += stored
+        if found is not None and kept.bytes > before:
+            found(kept.bytes - before)
     return kept

@@ -55,6 +55,8 @@ class TransferStats:
     """Receive buffers held for ranges being fetched, verified and written."""
     reads_in_flight: int = 0
     """Ranges being fetched, verified and written now."""
+    kept_bytes: int = 0
+    """Bytes found already on the target and kept, so far (counted done, not written)."""
     most_reads_in_flight: int = 0
     """The most ranges in flight at once so far."""
     range_bytes: int = 0
