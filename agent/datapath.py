@@ -4,6 +4,7 @@ the agent's metrics on the way."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -105,7 +106,7 @@ class DataPathRestorer:
     def _on_retry(self, op: str, key: str, attempt: int, error: FerryError) -> None:
         self._metrics.storage_retries.inc()
 
-    async def __call__(self, job: RestoreJob, progress: Progress, notice: Notice) -> None:
+    async def __call__(self, job: RestoreJob, progress: Progress, notice: Notice, stopping: asyncio.Event) -> None:
         loc = job.location
         prefix = velero_repository_prefix(loc.prefix, job.source_namespace)
         stats = TransferStats()
@@ -133,7 +134,14 @@ class DataPathRestorer:
             async with MeteredStorage(s3, self._metrics) as storage:
                 repo = await open_repository(storage, self._repository, loc.repository_password)
                 result = await restore(
-                    repo, job.snapshot_id, job.target, job.settings, on_progress, stats, resumed=on_resumed
+                    repo,
+                    job.snapshot_id,
+                    job.target,
+                    job.settings,
+                    on_progress,
+                    stats,
+                    resumed=on_resumed,
+                    stopping=stopping,
                 )
             for problem in result.problems:  # the data is complete; this metadata could not be applied
                 log.warning("not restored: %s", problem, extra={"snapshot": job.snapshot_id})

@@ -21,6 +21,8 @@
     │   ├── UnsupportedFormat         a format major version this Ferry does not read
     │   ├── PackMissing               a pack the manifest names is gone
     │   └── ChunkCorrupt              a chunk stayed bad after every allowed re-fetch
+    ├── Stopped                       asked to stop (the agent shutting down), a restore stopped once what it
+    │                                 had fetched was written: nothing to fetch twice when it goes on
     ├── TargetError                   the restore target cannot take this snapshot
     │   ├── TargetTooSmall            block target smaller than the snapshot
     │   └── UnsafePath                a path would leave the target or pass through a symlink
@@ -149,6 +151,11 @@ class ChunkCorrupt(RepositoryError):
         )
         self.chunk_id = chunk_id
         self.pack = pack
+
+
+class Stopped(FerryError):
+    """A restore asked to stop (``stopping``) stopped taking ranges and ended once those it had fetched
+    were written and flushed."""
 
 
 class TargetError(FerryError):

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from agent.aio.threads import WorkerPool
 from agent.backup.writer import create_snapshot
+from agent.errors import Stopped
 from agent.pipeline.block_target import BlockTarget
 from agent.pipeline.plan import plan_block, plan_tree
 from agent.pipeline.restore import RestoreResult, restore
@@ -130,6 +131,40 @@ async def _hole_bytes(repo: Repository, sid: str) -> int:
     manifest = await repo.read_manifest(sid)
     plan = (plan_block if manifest.mode == "block" else plan_tree)(manifest, SMALL)
     return sum(length for _, _, length in plan.holes)
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.8, 0.95])
+async def test_a_restore_asked_to_stop_writes_what_it_fetched_and_going_on_fetches_nothing_twice(
+    counting: CountingStorage, tmp_path: Path, fraction: float
+) -> None:
+    """What an agent shutting down does (``stopping``): unlike a kill, nothing in flight is lost."""
+    repo, sid, image, whole = await _image(counting, tmp_path)
+    target = tmp_path / "target.img"
+    target.write_bytes(b"")
+    os.truncate(target, image.stat().st_size)
+    stopping = asyncio.Event()
+    holes = await _hole_bytes(repo, sid)
+
+    def progress(done: int, total: int) -> None:
+        if done >= holes + fraction * (total - holes):  # a share of the data, past the holes
+            stopping.set()
+
+    counting.fetched = 0
+    stopped = False
+    try:
+        await restore(repo, sid, str(target), SMALL, progress, stopping=stopping)
+    except Stopped:
+        stopped = True
+    first = counting.fetched
+    if fraction <= 0.5:
+        assert stopped
+        assert first < 0.8 * whole, "it stopped taking ranges when asked"
+    # else it may have been asked once every range was taken: then it finished them
+    counting.fetched = 0
+    result, _ = await _rerun(repo, sid, target)
+    assert target.read_bytes() == image.read_bytes()
+    assert first > 0
+    assert first + result.fetched_bytes <= whole + 4 * SMALL.max_gap_bytes, "only gaps between ranges, twice"
 
 
 async def test_a_tree_restore_stopped_midway_keeps_its_files_and_fetches_the_rest(

@@ -139,8 +139,8 @@ class DataDownloadController(MoverController[DataDownload]):
         settings, unknown = restore_settings_for(dd.config, self.settings.restore)
         job = RestoreJob(dd.key, location, dd.source_namespace, dd.snapshot_id, volume.path, settings)
 
-        async def run(progress: Progress, notice: Notice) -> None:
-            await self.restorer(job, progress, notice)
+        async def run(progress: Progress, notice: Notice, stopping: asyncio.Event) -> None:
+            await self.restorer(job, progress, notice, stopping)
 
         what = f"restoring snapshot {dd.snapshot_id} from {location.describe()} onto {volume.describe()}"
         return Transfer(self.noun, what, run, tuple(unknown), resumable=True)

@@ -182,7 +182,7 @@ class DataUploadController(MoverController[DataUpload]):
         job = BackupJob(du.key, location, du.source_namespace, volume.path, labels, settings)
         reported = 0
 
-        async def run(progress: Progress, _notice: Notice) -> Uploaded:
+        async def run(progress: Progress, _notice: Notice, _stopping: asyncio.Event) -> Uploaded:
             def counted(done: int, total: int) -> None:
                 nonlocal reported
                 if done > reported:

@@ -6,6 +6,7 @@ a ``Restorer`` and an ``Uploader`` built on ``agent.pipeline`` and ``agent.backu
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,10 +35,11 @@ class RestoreJob:
 
 
 class Restorer(Protocol):
-    async def __call__(self, job: RestoreJob, progress: Progress, notice: Notice) -> None:
+    async def __call__(self, job: RestoreJob, progress: Progress, notice: Notice, stopping: asyncio.Event) -> None:
         """Restore the whole snapshot onto the target, keeping what an interrupted restore already put
-        there (and saying so through ``notice``); raise a FerryError saying why it could not. Cancelling
-        the caller stops it, with no write still running when it returns."""
+        there (and saying so through ``notice``); raise a FerryError saying why it could not. Once
+        ``stopping`` is set it fetches nothing more, writes what it fetched and raises Stopped. Cancelling
+        the caller stops it at once, with no write still running when it returns."""
 
 
 @dataclass(frozen=True)

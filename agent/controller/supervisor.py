@@ -10,7 +10,8 @@ moved for an object that was bound to fail. While the data path runs, the superv
     deletion           → stop the pipeline; write Canceled only if the object still exists
     a terminal phase written by someone else (e.g. Velero forcing Canceled) → stop the pipeline
     no progress for operationTimeout → stop the pipeline, Failed
-    agent shutdown     → stop the pipeline, stay InProgress with a message saying it will go on
+    agent shutdown     → a restore writes what it has in flight (a quarter of the shutdown grace at most),
+                         then the pipeline stops; stay InProgress with a message saying it will go on
 
 and a reporter writes ``status.progress`` every progress interval (at once when the total is known).
 ``Host`` is what the supervisor needs of the controller (a Protocol: the two modules do not import each
@@ -53,6 +54,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=MoverObject)
 
+DRAIN_SHARE = 0.25
+"""Share of ``shutdown_grace_s`` a resumable transfer gets to write what it has in flight when the agent
+shuts down, before it is cancelled (the rest is for recording its state)."""
+
 
 @dataclass(frozen=True)
 class Transfer:
@@ -62,10 +67,11 @@ class Transfer:
     """"restore" or "backup"."""
     what: str
     """For messages: "restoring snapshot … onto …", "backing up … into …"."""
-    run: Callable[[Progress, Notice], Awaitable[object]]
+    run: Callable[[Progress, Notice, asyncio.Event], Awaitable[object]]
     """Moves the data, reporting (bytes done, total bytes) and what the Events should say; returns what
     ``Host.transferred`` gets; raises FerryError saying why it could not. Cancelling it stops it, with no
-    write still running."""
+    write still running. A resumable transfer also stops when the event is set, after writing what it
+    fetched (raising Stopped): the agent sets it when it shuts down."""
     unknown_config: tuple[str, ...] = ()
     """``spec.dataMoverConfig`` keys that mean nothing to Ferry (reported in an Event)."""
     resumable: bool = False
@@ -173,7 +179,7 @@ async def _supervise(ctl: Host[T], dd: T, transfer: Transfer, wake: asyncio.Even
 
     async def move() -> None:
         try:
-            outcome.append((None, await transfer.run(progress.update, notice)))
+            outcome.append((None, await transfer.run(progress.update, notice, stopping)))
         except FerryError as e:
             outcome.append((e, None))
         except Exception as e:
@@ -183,6 +189,7 @@ async def _supervise(ctl: Host[T], dd: T, transfer: Transfer, wake: asyncio.Even
             wake.set()
 
     reason = ""
+    stopping = asyncio.Event()
     ctl.held.labels(IN_PROGRESS).inc()
     try:
         async with asyncio.TaskGroup() as tg:
@@ -206,6 +213,11 @@ async def _supervise(ctl: Host[T], dd: T, transfer: Transfer, wake: asyncio.Even
                     reason = "ended elsewhere"
                 elif progress.idle_s() >= limit_s:
                     reason = "stalled"
+                if reason == "shutdown" and transfer.resumable:
+                    # Let what is in flight be written (within a share of the shutdown grace): going on
+                    # later then fetches nothing twice.
+                    stopping.set()
+                    await asyncio.wait([task], timeout=ctl.settings.shutdown_grace_s * DRAIN_SHARE)
                 if reason:
                     task.cancel()
                     if reason == "cancel":

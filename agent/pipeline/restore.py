@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 from agent.aio.taskgroups import task_group
 from agent.aio.threads import WorkerPool, offload
-from agent.errors import ConfigError, TargetError
+from agent.errors import ConfigError, Stopped, TargetError
 from agent.fs.names import Problem, shown
 from agent.pipeline.block_target import BlockTarget
 from agent.pipeline.plan import Plan, plan_block, plan_tree
 from agent.pipeline.resume import Kept, find_kept, window_bytes
 from agent.pipeline.select import select_entries
-from agent.pipeline.transfer import Sink, TransferStats, decode_bytes, transfer
+from agent.pipeline.transfer import TransferStats, decode_bytes, transfer
 from agent.pipeline.tree_target import TreeTarget
 from agent.repo.format import Manifest
 from agent.repo.locate import Locator
@@ -125,12 +125,15 @@ async def restore(
     stats: TransferStats | None = None,
     include: Sequence[str] = (),
     resumed: Resumed | None = None,
+    stopping: asyncio.Event | None = None,
 ) -> RestoreResult:
     """Restore ``snapshot_id`` onto ``target``: all of it, or the entries ``include`` selects
     (``agent.pipeline.select``; ConfigError when it selects nothing). ``stats``, when given, is updated as
     the transfer goes (for metrics that are read while it runs). A target that existed before (a volume,
     an image file or directory left by an interrupted restore) is checked first: chunks it already holds
-    are kept and not fetched (``agent.pipeline.resume``), and progress starts from them."""
+    are kept and not fetched (``agent.pipeline.resume``), and progress starts from them. Once ``stopping``
+    is set (an agent shutting down) no further range is fetched: the ranges in flight are written and
+    flushed, and Stopped is raised, so that going on later fetches nothing twice."""
     started = time.monotonic()
     manifest = await repo.read_manifest(snapshot_id)
     if include:
@@ -140,7 +143,8 @@ async def restore(
     async with reader_lock(repo):
         if repo.config is not None:  # format 1 repositories are never repacked: nothing to look up
             manifest = await (await Locator.open(repo)).relocate(manifest)
-        return await _restore(repo, snapshot_id, manifest, target, settings, progress, stats, started, resumed)
+        options = _Options(progress, stats, resumed, stopping)
+        return await _restore(repo, snapshot_id, manifest, target, settings, options, started)
 
 
 async def _restore(
@@ -149,12 +153,10 @@ async def _restore(
     manifest: Manifest,
     target: str,
     settings: RestoreSettings,
-    progress: Progress | None,
-    stats: TransferStats | None,
+    options: _Options,
     started: float,
-    resumed: Resumed | None,
 ) -> RestoreResult:
-    stats = stats if stats is not None else TransferStats()
+    stats = options.stats if options.stats is not None else TransferStats()
     threads = decode_threads(manifest, settings)
     if threads < settings.worker_threads:
         log.info("restoring with %d threads: the memory limit holds the decode buffers of no more", threads)
@@ -162,9 +164,9 @@ async def _restore(
         await pool.run(_check_target_kind, manifest, target)
         block = manifest.mode == "block"
         plan = await pool.run(plan_block if block else plan_tree, manifest, settings)
-        tracker = _Tracker(plan.total_bytes, progress)
+        tracker = _Tracker(plan.total_bytes, options.progress)
         tracker.advance(0)
-        run = _Run(repo, manifest, plan, settings, pool, tracker, stats, resumed)
+        run = _Run(repo, manifest, plan, settings, pool, tracker, stats, options.resumed, options.stopping)
         problems, kept = await (_restore_block if block else _restore_tree)(run, target)
     if tracker.done != tracker.total:  # pragma: no cover - a planning bug, never a data condition
         raise TargetError(f"restore accounted for {tracker.done} of {tracker.total} bytes")
@@ -193,6 +195,16 @@ async def _restore(
 
 
 @dataclass(frozen=True)
+class _Options:
+    """What the caller of ``restore`` passes on to the phases besides the settings."""
+
+    progress: Progress | None
+    stats: TransferStats | None
+    resumed: Resumed | None
+    stopping: asyncio.Event | None
+
+
+@dataclass(frozen=True)
 class _Run:
     """What the phases of one restore share."""
 
@@ -204,9 +216,17 @@ class _Run:
     tracker: _Tracker
     stats: TransferStats
     resumed: Resumed | None
+    stopping: asyncio.Event | None
 
-    async def transfer(self, plan: Plan, sink: Sink) -> None:
-        await transfer(self.repo, plan, sink, self.settings, self.pool, self.tracker.advance, self.stats)
+    async def transfer(self, plan: Plan, target: BlockTarget | TreeTarget) -> None:
+        """Move the plan's data onto ``target``; when asked to stop, flush what was written first."""
+        try:
+            await transfer(
+                self.repo, plan, target, self.settings, self.pool, self.tracker.advance, self.stats, self.stopping
+            )
+        except Stopped:
+            await self.pool.run(target.flush)
+            raise
 
     async def keep(self, target: BlockTarget | TreeTarget) -> tuple[Plan, Kept]:
         """Check what the target already holds; the plan for the rest, and what is kept (counted done)."""

@@ -23,7 +23,7 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,7 +31,7 @@ import blake3
 
 from agent.aio.taskgroups import task_group
 from agent.aio.threads import WorkerPool
-from agent.errors import ChunkCorrupt, CorruptedInTransit, ObjectTruncated
+from agent.errors import ChunkCorrupt, CorruptedInTransit, ObjectTruncated, Stopped
 from agent.pipeline.direct import ALIGN, pad_for
 from agent.pipeline.pacing import Pacer
 from agent.pipeline.plan import ChunkJob, FetchRange, Plan
@@ -191,14 +191,23 @@ def split(rng: FetchRange, size: int) -> list[FetchRange]:
 class _Ranges:
     """The plan's ranges in order, each split (``split``) to the size asked when it is taken."""
 
-    def __init__(self, ranges: Iterator[FetchRange]) -> None:
-        self._ranges = ranges
+    def __init__(self, ranges: Sequence[FetchRange]) -> None:
+        self._ranges = iter(ranges)
+        self._left = len(ranges)
         self._pending: deque[FetchRange] = deque()
+
+    @property
+    def left(self) -> bool:
+        """Some range is still to be taken."""
+        return bool(self._left or self._pending)
 
     def take(self, size: int) -> FetchRange | None:
         if not self._pending:
             rng = next(self._ranges, None)
-            if rng is None or rng.length <= size:
+            if rng is None:
+                return None
+            self._left -= 1
+            if rng.length <= size:
                 return rng
             self._pending.extend(split(rng, size))
         return self._pending.popleft()
@@ -219,7 +228,9 @@ class _Transfer:
         pool: WorkerPool,
         advance: Callable[[int], None],
         stats: TransferStats,
+        stopping: asyncio.Event | None,
     ) -> None:
+        self.stopping = stopping
         self.repo = repo
         self.plan = plan
         self.sink = sink
@@ -230,7 +241,7 @@ class _Transfer:
         limit = settings.memory_bytes - decode_bytes(pool.threads, plan.max_plain)
         self.buffers = BufferPool(limit, settings.max_range_bytes)
         self.pacer = Pacer(settings.reads_in_flight, settings.max_range_bytes, limit, pool.threads)
-        self.ranges = _Ranges(iter(plan.ranges))
+        self.ranges = _Ranges(plan.ranges)
 
     async def fetch(self, pack: str, offset: int, into: memoryview) -> None:
         self.stats.requests += 1
@@ -299,10 +310,12 @@ class _Transfer:
             self.stats.in_flight_bytes = self.buffers.held
 
     async def worker(self) -> None:
-        pacer = self.pacer
+        pacer, stopping = self.pacer, self.stopping
         while True:
             await pacer.acquire()
             try:
+                if stopping is not None and stopping.is_set():
+                    return
                 rng = self.ranges.take(pacer.range_bytes())
                 stats = self.stats
                 stats.reads_in_flight, stats.range_bytes = pacer.in_flight, pacer.range_bytes()
@@ -322,9 +335,14 @@ async def transfer(
     pool: WorkerPool,
     advance: Callable[[int], None],
     stats: TransferStats,
+    stopping: asyncio.Event | None = None,
 ) -> None:
-    """Move every range of the plan onto the sink; ``advance`` is called with bytes written."""
-    run = _Transfer(repo, plan, sink, settings, pool, advance, stats)
+    """Move every range of the plan onto the sink; ``advance`` is called with bytes written. Once
+    ``stopping`` is set no further range is taken; the ranges taken are fetched and written, and then
+    Stopped is raised (if any range was left)."""
+    run = _Transfer(repo, plan, sink, settings, pool, advance, stats, stopping)
     async with task_group() as tg:
         for n in range(settings.reads_in_flight if len(plan.ranges) else 0):
             tg.create_task(run.worker(), name=f"restore reader {n}")
+    if run.ranges.left:
+        raise Stopped("the restore stopped when asked to, with what it had fetched written")

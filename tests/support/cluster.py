@@ -295,9 +295,9 @@ class CountingRestorer:
     node: str
     runs: dict[str, list[str]] = field(default_factory=dict)
 
-    async def __call__(self, job: RestoreJob, progress: Progress, notice: Notice) -> None:
+    async def __call__(self, job: RestoreJob, progress: Progress, notice: Notice, stopping: asyncio.Event) -> None:
         self.runs.setdefault(job.key, []).append(self.node)
-        await self.inner(job, progress, notice)
+        await self.inner(job, progress, notice, stopping)
 
 
 @asynccontextmanager
