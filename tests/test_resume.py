@@ -285,3 +285,27 @@ async def test_a_file_with_attributes_the_snapshot_lacks_is_made_anew(repo: Repo
     assert os.listxattr(target / "tool") == []
     assert (target / "tool").read_bytes() == (tree / "tool").read_bytes()
     assert result.kept_bytes == 0, "made anew (ext4 may give the new file the old inode number)"
+
+
+async def test_a_new_image_asked_to_stop_is_kept_to_go_on_from(counting: CountingStorage, tmp_path: Path) -> None:
+    """Cancelling removes an image file the restore created; being asked to stop keeps it (and what was
+    written in it), since going on is the point."""
+    repo, sid, image, whole = await _image(counting, tmp_path)
+    target = tmp_path / "new.img"
+    stopping = asyncio.Event()
+    holes = await _hole_bytes(repo, sid)
+
+    def progress(done: int, total: int) -> None:
+        if done > holes:
+            stopping.set()
+
+    counting.fetched = 0
+    with pytest.raises(Stopped):
+        await restore(repo, sid, str(target), SMALL, progress, stopping=stopping)
+    first = counting.fetched
+    assert target.exists()
+    counting.fetched = 0
+    result, _ = await _rerun(repo, sid, target)
+    assert target.read_bytes() == image.read_bytes()
+    assert result.kept_bytes > 0
+    assert first + result.fetched_bytes <= whole + 4 * SMALL.max_gap_bytes

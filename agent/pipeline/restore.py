@@ -1,12 +1,13 @@
-"""A whole restore: manifest → target checks → plan → holes → transfer → metadata → flush.
+"""A whole restore: manifest → target checks → plan → resume check → holes → transfer → metadata → flush.
 
 The target is checked (kind and size) before a byte is written, and the restore's memory before a byte is
 fetched: decode buffers for its threads (fewer threads if ``memory_bytes`` cannot hold one per CPU) and
-receive buffers share ``memory_bytes``. A target this restore created (an image file, a directory) is
-removed if the restore fails or is cancelled. Progress is reported as
-(bytes done, total bytes): total is known before the first fetch and never changes, done only grows and
-equals total when ``restore`` returns. Cancelling the awaiting task stops the restore: worker threads
-see ``stop`` between chunks and ``restore`` returns (raising CancelledError) only once none is running.
+receive buffers share ``memory_bytes``. A target that existed already is checked for chunks it holds
+(``resume``). A target this restore created (an image file, a directory) is removed if the restore fails
+or is cancelled, not when it is asked to stop (``stopping``). Progress is reported as (bytes done, total
+bytes): total is known before the first fetch and never changes, done only grows and equals total when
+``restore`` returns. Cancelling the awaiting task stops the restore: worker threads see ``stop`` between
+chunks and ``restore`` returns (raising CancelledError) only once none is running.
 """
 
 from __future__ import annotations
@@ -261,6 +262,9 @@ async def _restore_block(run: _Run, path: str) -> tuple[list[Problem], Kept]:
         await run.transfer(plan, target)
         await pool.run(target.flush)
         finished = True
+    except Stopped:
+        finished = True  # asked to stop: what it wrote stays, to go on from
+        raise
     finally:
         target.close()
         if not finished:
@@ -283,6 +287,9 @@ async def _restore_tree(run: _Run, path: str) -> tuple[list[Problem], Kept]:
         await pool.run(target.apply_metadata, pool.stop)
         await pool.run(target.flush)
         finished = True
+    except Stopped:
+        finished = True  # asked to stop: what it wrote stays, to go on from
+        raise
     finally:
         target.close()
         if not finished:
