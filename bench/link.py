@@ -181,10 +181,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, help="where data, the server and restores go (default: a new temp dir)")
     p.add_argument("--smoke", action="store_true", help="tiny workloads, for checking the benchmark works")
     args = p.parse_args()
-    if args.smoke:
-        sizes = Sizes.smoke()
-    else:
-        sizes = Sizes(block=args.size_mib * MiB, tree_small_files=args.tree_files, tree_large_files=2)
+    sizes = Sizes.volume(args.smoke, args.size_mib, args.tree_files)
     conditions = [CONDITIONS[name] for name in args.conditions.split(",") if name]
     work = args.work or Path(tempfile.mkdtemp(prefix="ferry-link-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)

@@ -228,10 +228,7 @@ def main() -> None:
     p.add_argument("--targets", default="image,device,tree")
     p.add_argument("--smoke", action="store_true", help="tiny data, for checking the benchmark works")
     args = p.parse_args()
-    if args.smoke:
-        sizes = Sizes.smoke()
-    else:
-        sizes = Sizes(block=args.size_mib * MiB, tree_small_files=args.tree_files, tree_large_files=2)
+    sizes = Sizes.volume(args.smoke, args.size_mib, args.tree_files)
     work = Path(tempfile.mkdtemp(prefix="ferry-resume-", dir="/var/tmp"))
     try:
         result = run(work, sizes, args.kills, tuple(t for t in args.targets.split(",") if t))

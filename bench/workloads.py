@@ -114,6 +114,14 @@ class Sizes:
     file: int = 4 * GiB
 
     @classmethod
+    def volume(cls, smoke: bool, block_mib: int, tree_files: int) -> Sizes:
+        """A block image of ``block_mib`` and a tree of ``tree_files`` small files and two large ones (the
+        link and resume benchmarks' data), or the smoke sizes."""
+        if smoke:
+            return cls.smoke()
+        return cls(block=block_mib * MiB, tree_small_files=tree_files, tree_large_files=2)
+
+    @classmethod
     def smoke(cls) -> Sizes:
         return cls(block=24 * MiB, tree_small_files=300, tree_large_files=1, tree_large_bytes=8 * MiB, file=20 * MiB)
 

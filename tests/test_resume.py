@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.aio.threads import WorkerPool
-from agent.backup.writer import create_snapshot
+from agent.backup.writer import SnapshotResult, create_snapshot
 from agent.errors import Stopped
 from agent.pipeline.block_target import BlockTarget
 from agent.pipeline.plan import plan_block, plan_tree
@@ -233,15 +233,21 @@ async def test_a_damaged_byte_in_kept_data_is_found_and_fetched_again(
     assert result.kept_bytes == result.total_bytes - SNAP.block_chunk_bytes - await _hole_bytes(repo, sid)
 
 
-async def test_a_file_with_a_name_outside_the_snapshot_is_replaced_not_written_through(
-    repo: Repository, tmp_path: Path
-) -> None:
+async def _one_file(repo: Repository, tmp_path: Path, name: str, size: int) -> tuple[Path, SnapshotResult, Path]:
+    """A snapshot of a tree holding one random file ``name``, and an empty target directory."""
     tree = tmp_path / "tree"
     tree.mkdir()
-    (tree / "victim").write_bytes(random.Random(3).randbytes(300 * KiB))
+    (tree / name).write_bytes(random.Random(size).randbytes(size))
     snap = await create_snapshot(repo, str(tree), SnapshotSettings(pack_bytes=1 * MiB, threads=2))
     target = tmp_path / "target"
     target.mkdir()
+    return tree, snap, target
+
+
+async def test_a_file_with_a_name_outside_the_snapshot_is_replaced_not_written_through(
+    repo: Repository, tmp_path: Path
+) -> None:
+    tree, snap, target = await _one_file(repo, tmp_path, "victim", 300 * KiB)
     outside = tmp_path / "outside"
     outside.write_bytes(b"\x07" * (300 * KiB))  # the right size, and a second name outside the target
     os.link(outside, target / "victim")
@@ -273,12 +279,7 @@ async def test_checking_a_fresh_target_stops_after_the_window(counting: Counting
 async def test_a_file_with_attributes_the_snapshot_lacks_is_made_anew(repo: Repository, tmp_path: Path) -> None:
     """Restoring metadata removes only ACLs the snapshot lacks: a kept file would carry a stale capability
     or user attribute over, so such a file is replaced (its content hashing right notwithstanding)."""
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    (tree / "tool").write_bytes(random.Random(4).randbytes(200 * KiB))
-    snap = await create_snapshot(repo, str(tree), SnapshotSettings(pack_bytes=1 * MiB, threads=2))
-    target = tmp_path / "target"
-    target.mkdir()
+    tree, snap, target = await _one_file(repo, tmp_path, "tool", 200 * KiB)
     (target / "tool").write_bytes((tree / "tool").read_bytes())
     os.setxattr(target / "tool", "user.stale", b"from other content")
     result = await restore(repo, snap.snapshot_id, str(target), SMALL)
