@@ -11,7 +11,8 @@ charged to a stage by its innermost frames:
   the kernel (py-spy names the Python line that made the call, which is where the time goes: these
   calls release the GIL and run in C). A thread waiting for the disk inside an O_DIRECT ``pwrite`` is
   not idle to py-spy, so "write" is time, not only CPU;
-- receive: aiohttp's response stream and protocol (Python);
+- receive: the threads receiving pack ranges (``agent/storage/ranged.py``, http.client, the socket
+  module) and aiohttp's response stream and protocol (the other reads);
 - event loop: uvloop's own C code (socket reads, callbacks), which py-spy shows as ``Runner.run``;
 - thread hand-off: the executor's worker loop taking the next call (GIL hand-offs);
 - S3 requests: building, signing and parsing requests (botocore, aiobotocore) and the connection pool;
@@ -59,6 +60,10 @@ RULES: list[tuple[str, str]] = [
     *_decompress_frames(),
     ("verify", "chunk_id ("),
     ("write", "pwrite_all ("),
+    ("receive", "agent/storage/ranged.py"),
+    ("receive", "http/client.py"),
+    ("receive", "socket.py"),
+    ("receive", "ssl.py"),
     ("receive", "aiohttp/streams.py"),
     ("receive", "aiohttp/client_proto.py"),
     ("receive", "aiobotocore/response.py"),

@@ -33,6 +33,7 @@ async def test_private_ca_bundle_is_trusted(tls_server: SeaweedServer) -> None:
     async with await S3Storage.open(_https(tls_server, ca_bundle=str(tls_server.tls[0])), bucket, "p") as s:
         await s.put("k", b"over tls")
         assert await s.get("k") == b"over tls"
+        assert await s.get_range("k", 5, 3) == b"tls"  # a pack read: received in a thread, same trust
 
 
 async def test_unknown_certificate_is_refused_with_advice(tls_server: SeaweedServer) -> None:
@@ -40,6 +41,8 @@ async def test_unknown_certificate_is_refused_with_advice(tls_server: SeaweedSer
     async with await S3Storage.open(_https(tls_server), bucket, "p") as s:
         with pytest.raises(StorageError, match="CA bundle"):
             await s.get("k")
+        with pytest.raises(StorageError, match="CA bundle"):
+            await s.get_range("k", 0, 1)
 
 
 async def test_skipping_verification_connects(tls_server: SeaweedServer, tmp_path: Path) -> None:
@@ -47,3 +50,4 @@ async def test_skipping_verification_connects(tls_server: SeaweedServer, tmp_pat
     async with await S3Storage.open(_https(tls_server, verify_tls=False), bucket, "p") as s:
         await s.put("k", b"unverified")
         assert await s.get("k") == b"unverified"
+        assert await s.get_range("k", 2, 8) == b"verified"

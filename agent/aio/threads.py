@@ -2,7 +2,8 @@
 
 ``WorkerPool.run`` awaits a function in a thread; if the awaiting task is cancelled it still waits for
 the thread to finish (a running thread cannot be interrupted) and only then re-raises the cancellation.
-``stop`` is set on cancellation so long-running functions that poll it return early. ``close`` joins
+``stop`` is set on cancellation so long-running functions that poll it return early; ``run_abortable``
+instead calls an ``abort`` given with the function (for one blocked in a socket). ``close`` joins
 the threads; since every ``run`` has returned by then, nothing is left running.
 """
 
@@ -32,6 +33,22 @@ class WorkerPool:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             self.stop.set()
+            await _finished(future)
+            raise
+
+    async def run_abortable(
+        self, abort: Callable[[], None], fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """As ``run``, for a function that blocks on something ``abort`` can interrupt (a socket it shuts
+        down): if the awaiting task is cancelled, ``abort()`` is called from the loop's thread, then the
+        thread is waited for and the cancellation re-raised. The pool's ``stop`` is left alone: the other
+        calls go on."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            abort()
             await _finished(future)
             raise
 

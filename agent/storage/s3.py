@@ -21,6 +21,7 @@ import aiohttp
 import botocore.exceptions
 import botocore.loaders
 import botocore.parsers
+import botocore.utils
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
@@ -38,6 +39,7 @@ from agent.errors import (
 from agent.logs import add_secret
 from agent.settings import S3Settings
 from agent.storage.base import ObjectInfo, Storage, check_key
+from agent.storage.ranged import RangedReader, Redirected
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -86,6 +88,14 @@ def _object_size(content_range: str) -> int | None:
     m = _CONTENT_RANGE.match(content_range.strip())
     return int(m.group(3)) if m and m.group(3) != "*" else None
 
+
+_PRESIGNED_VALID_S = 900
+"""How long a presigned URL for a ranged GET is valid."""
+_PRESIGNED_REUSE_S = 300
+"""How long one is used: well within its validity and within botocore's refresh margin for expiring
+credentials (10-15 minutes before they expire), so a URL is never used after its credentials."""
+_PRESIGNED_KEPT = 4096
+"""Presigned URLs kept at most (one per pack read lately; a restore reads a pack's ranges in a row)."""
 
 # What a retry loop reports: operation, key, attempt number (1-based) and the error.
 RetryHook = Callable[[str, str, int, FerryError], None]
@@ -142,6 +152,9 @@ class S3Storage(Storage):
         self._client: S3Client | None = None
         self.on_retry: RetryHook | None = None
         self._throttles = 0
+        self._reader: RangedReader | None = None
+        self._retired: RangedReader | None = None
+        self._presigned: dict[str, tuple[str, float]] = {}
 
     @classmethod
     async def open(cls, settings: S3Settings, bucket: str, prefix: str) -> S3Storage:
@@ -168,6 +181,8 @@ class S3Storage(Storage):
             retries={"total_max_attempts": 1},
             max_pool_connections=s.max_connections,
             s3={"addressing_style": "path" if s.path_style else "auto"},
+            # SigV4 for presigned URLs too (botocore's "auto" presigns with SigV2 for some endpoints).
+            signature_version="s3v4",
             # Our BLAKE3 check covers every chunk; botocore's whole-object CRCs cost a core per GB/s and
             # older S3 servers reject the newer default checksum headers.
             request_checksum_calculation="when_required",
@@ -196,6 +211,15 @@ class S3Storage(Storage):
                 config=config,
             )
         )
+        endpoint = self._client.meta.endpoint_url
+        if not botocore.utils.get_environ_proxies(endpoint):  # a proxy applies: aiobotocore speaks to it
+            self._reader = RangedReader(
+                threads=s.max_connections,
+                connect_timeout_s=s.connect_timeout_s,
+                read_timeout_s=s.request_timeout_s,
+                verify=verify,
+                operation=self._client.meta.service_model.operation_model("GetObject"),
+            )
 
     def describe(self) -> str:
         where = f"s3://{self._bucket}/{self._prefix}"
@@ -231,6 +255,41 @@ class S3Storage(Storage):
         return bytes(buffer)
 
     async def get_range_into(self, key: str, offset: int, buffer: memoryview) -> float:
+        """As ``Storage.get_range_into``. Received in a thread straight into ``buffer`` (``RangedReader``),
+        unless a proxy applies to the endpoint or the store redirected such a read: then through
+        aiobotocore, on the event loop."""
+        reader = self._reader
+        if reader is None:
+            return await self._get_range_on_loop(key, offset, buffer)
+        where = self.describe()
+
+        async def op() -> float:
+            url = await self._presign(key)
+            return await reader.get_into(url, offset, buffer, key, where)
+
+        try:
+            return await self._call("GET", key, op)
+        except Redirected:
+            self._reader = None  # closed with the storage: other reads may be using it
+            self._retired = reader
+            return await self._get_range_on_loop(key, offset, buffer)
+
+    async def _presign(self, key: str) -> str:
+        """A presigned URL for GETs of ``key``, made by botocore (SigV4 query authentication), reused for
+        ``_PRESIGNED_REUSE_S``."""
+        now = time.monotonic()
+        kept = self._presigned.get(key)
+        if kept is not None and now - kept[1] < _PRESIGNED_REUSE_S:
+            return kept[0]
+        url = await self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self._bucket, "Key": self._key(key)}, ExpiresIn=_PRESIGNED_VALID_S
+        )
+        if len(self._presigned) >= _PRESIGNED_KEPT:
+            self._presigned.clear()
+        self._presigned[key] = (url, now)
+        return url
+
+    async def _get_range_on_loop(self, key: str, offset: int, buffer: memoryview) -> float:
         length = len(buffer)
         first_byte = 0.0
 
@@ -368,6 +427,10 @@ class S3Storage(Storage):
 
     async def aclose(self) -> None:
         self._client = None
+        for reader in (self._reader, self._retired):
+            if reader is not None:
+                reader.close()
+        self._reader = self._retired = None
         await self._stack.aclose()
 
     async def _call(self, op_name: str, key: str, op: Callable[[], Awaitable[T]]) -> T:

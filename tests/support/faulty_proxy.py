@@ -11,9 +11,15 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
+PERMANENT_REDIRECT = (
+    '<?xml version="1.0" encoding="UTF-8"?><Error><Code>PermanentRedirect</Code>'
+    "<Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message>"
+    "</Error>"
+)
 SLOW_DOWN = (
     '<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     "<Message>Please reduce your request rate.</Message></Error>"
@@ -33,6 +39,10 @@ class FaultyProxy:
     stall_ranged_after: int = 0
     """With ``stall_ranged``: let this many ranged GETs through first."""
     ranged_bytes: int = 0
+    presigned: int = 0
+    """Requests authenticated in their query string (presigned URLs, SigV4's X-Amz-Signature)."""
+    redirect_presigned: bool = False
+    """Answer presigned requests with 301 PermanentRedirect, as S3 does for a bucket in another region."""
     """Body bytes of the ranged GETs answered (what restores fetched through the proxy)."""
     stall_puts: bool = False
     """Hold every PUT (a backup's pack and manifest uploads) until ``released`` is set."""
@@ -84,8 +94,24 @@ class FaultyProxy:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    async def close_idle(self) -> None:
+        """Close every client connection now, as a store closes kept-alive connections it finds idle; returns
+        once they are closed."""
+        assert self._runner is not None
+        server = self._runner.server
+        assert server is not None
+        for handler in server.connections:
+            handler.force_close()
+        async with asyncio.timeout(5):
+            while server.connections:
+                await asyncio.sleep(0)  # a yield: each closed connection is forgotten by a callback
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        if "X-Amz-Signature" in request.query:
+            self.presigned += 1
+            if self.redirect_presigned:
+                return web.Response(status=301, text=PERMANENT_REDIRECT, content_type="application/xml")
         if self.fail_next > 0:
             self.fail_next -= 1
             return web.Response(status=self.fail_status, text=SLOW_DOWN, content_type="application/xml")
@@ -101,9 +127,9 @@ class FaultyProxy:
         assert self._session is not None
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
-        async with self._session.request(
-            request.method, self.upstream + request.rel_url.raw_path_qs, headers=headers, data=body
-        ) as upstream:
+        # The path and query as they came, byte for byte: a presigned URL's signature covers them.
+        url = URL(self.upstream + request.rel_url.raw_path_qs, encoded=True)
+        async with self._session.request(request.method, url, headers=headers, data=body) as upstream:
             payload = await upstream.read()
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP}
             ranged = "Range" in request.headers
