@@ -6,6 +6,7 @@ through aiobotocore."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -95,15 +96,22 @@ async def test_a_kept_alive_connection_the_store_closed_is_replaced_without_a_re
     assert retries == []
 
 
-async def test_a_redirected_pack_read_is_made_again_through_aiobotocore(
-    s3_server: SeaweedServer, proxy: FaultyProxy
+@pytest.mark.parametrize("status", [301, 403])
+async def test_a_presigned_read_the_store_redirects_or_refuses_is_made_again_through_aiobotocore(
+    s3_server: SeaweedServer, proxy: FaultyProxy, status: int, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # 301: a bucket in another region; 403: a bucket policy that denies query-string authentication.
     async with _storage(_via(s3_server, proxy), await make_bucket(s3_server)) as storage:
         await storage.put("k", b"0123456789")
-        proxy.redirect_presigned = True
-        assert await storage.get_range("k", 1, 3) == b"123"
-        assert await storage.get_range("k", 5, 2) == b"56"
+        proxy.refuse_presigned = status
+        with caplog.at_level(logging.INFO, logger="agent.storage.s3"):
+            assert await storage.get_range("k", 1, 3) == b"123"
+            assert await storage.get_range("k", 5, 2) == b"56"
     assert proxy.presigned == 1  # the second read went straight through aiobotocore
+    assert [r.getMessage() for r in caplog.records if "presigned" in r.getMessage()] == [
+        f"{storage.describe()}: the store {'redirected' if status == 301 else 'refused'} a presigned ranged GET "
+        "that a signed request got; reading that way from now on"
+    ]
 
 
 async def test_answers_to_pack_reads_map_to_the_storage_errors(s3_server: SeaweedServer, proxy: FaultyProxy) -> None:

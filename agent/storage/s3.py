@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import random
 import re
 import time
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _DENIED = {
@@ -256,8 +258,10 @@ class S3Storage(Storage):
 
     async def get_range_into(self, key: str, offset: int, buffer: memoryview) -> float:
         """As ``Storage.get_range_into``. Received in a thread straight into ``buffer`` (``RangedReader``),
-        unless a proxy applies to the endpoint or the store redirected such a read: then through
-        aiobotocore, on the event loop."""
+        unless a proxy applies to the endpoint: then through aiobotocore, on the event loop. A presigned
+        read the store redirects (a bucket in another region) or refuses (a bucket policy may deny
+        query-string authentication) is asked again through aiobotocore; if that succeeds, every later
+        read goes that way."""
         reader = self._reader
         if reader is None:
             return await self._get_range_on_loop(key, offset, buffer)
@@ -269,10 +273,17 @@ class S3Storage(Storage):
 
         try:
             return await self._call("GET", key, op)
-        except Redirected:
-            self._reader = None  # closed with the storage: other reads may be using it
-            self._retired = reader
-            return await self._get_range_on_loop(key, offset, buffer)
+        except (Redirected, AccessDenied) as e:
+            first_byte = await self._get_range_on_loop(key, offset, buffer)
+            if self._reader is reader:
+                self._reader = None  # closed with the storage: other reads may be using it
+                self._retired = reader
+                log.info(
+                    "%s: the store %s a presigned ranged GET that a signed request got; reading that way from now on",
+                    self.describe(),
+                    "redirected" if isinstance(e, Redirected) else "refused",
+                )
+            return first_byte
 
     async def _presign(self, key: str) -> str:
         """A presigned URL for GETs of ``key``, made by botocore (SigV4 query authentication), reused for

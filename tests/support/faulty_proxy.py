@@ -20,6 +20,9 @@ PERMANENT_REDIRECT = (
     "<Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message>"
     "</Error>"
 )
+ACCESS_DENIED = (
+    '<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>'
+)
 SLOW_DOWN = (
     '<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     "<Message>Please reduce your request rate.</Message></Error>"
@@ -41,8 +44,9 @@ class FaultyProxy:
     ranged_bytes: int = 0
     presigned: int = 0
     """Requests authenticated in their query string (presigned URLs, SigV4's X-Amz-Signature)."""
-    redirect_presigned: bool = False
-    """Answer presigned requests with 301 PermanentRedirect, as S3 does for a bucket in another region."""
+    refuse_presigned: int = 0
+    """Answer presigned requests with this status: 301 PermanentRedirect (as S3 for a bucket in another
+    region) or 403 AccessDenied (as a bucket policy that denies query-string authentication)."""
     """Body bytes of the ranged GETs answered (what restores fetched through the proxy)."""
     stall_puts: bool = False
     """Hold every PUT (a backup's pack and manifest uploads) until ``released`` is set."""
@@ -110,8 +114,9 @@ class FaultyProxy:
         self.requests += 1
         if "X-Amz-Signature" in request.query:
             self.presigned += 1
-            if self.redirect_presigned:
-                return web.Response(status=301, text=PERMANENT_REDIRECT, content_type="application/xml")
+            if self.refuse_presigned:
+                text = PERMANENT_REDIRECT if self.refuse_presigned == 301 else ACCESS_DENIED
+                return web.Response(status=self.refuse_presigned, text=text, content_type="application/xml")
         if self.fail_next > 0:
             self.fail_next -= 1
             return web.Response(status=self.fail_status, text=SLOW_DOWN, content_type="application/xml")
