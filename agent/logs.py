@@ -30,7 +30,9 @@ _HEADERS = re.compile(
     r"(?i)((?:authorization|x-amz-security-token|x-amz-credential|x-amz-signature|aws_secret_access_key"
     r"|aws_session_token|aws_access_key_id|secret_key|access_key|token)['\"]?\s*[:=]\s*b?['\"]?)[^'\"&,}\s]+"
 )
-_SIGV4 = re.compile(r"(Credential=|Signature=)[^,\s'\"&]+")
+_SIGV4 = re.compile(r"(Credential=|Signature=|Signature:\s+)[^,\s'\"&]+")
+"""SigV4 in an Authorization header or a presigned URL's query, and botocore's debug line "Signature:" with
+the hex signature on the next line (a presigned URL's signature reads its object until it expires)."""
 REDACTED = "***"
 
 

@@ -49,9 +49,15 @@ Origin = tuple[str, str, int]
 """scheme, host, port"""
 
 
-class Redirected(StorageError):
-    """The store answered with a redirect (another region, another endpoint): the caller should read
-    through aiobotocore, which follows S3's redirects."""
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError)
+"""How sending on a kept-alive connection the store has closed fails (over TLS, a reset is an SSLEOFError)."""
+
+
+class PresignedRefused(StorageError):
+    """The store will not serve this read as a presigned GET: it redirected it (a bucket in another region,
+    another endpoint) or found its query-string authentication malformed (S3's 400
+    AuthorizationQueryParametersError, for one signed for the wrong region). The caller should read through
+    aiobotocore, which follows S3's redirects and learns a bucket's region."""
 
 
 @dataclass
@@ -63,14 +69,17 @@ class _Job:
     connection: http.client.HTTPConnection | None = None
 
     def abort(self) -> None:
-        """Make the thread's GET return soon: its socket is shut down, so a blocked receive returns."""
+        """Make the thread's GET return soon: its socket is shut down, so a blocked receive returns. Done
+        under the lock the thread takes to let go of the connection, so the shutdown can never reach a
+        connection that is back in the idle pool (and another GET's); the thread closes an aborted
+        connection instead of keeping it. A connect in progress is not interrupted (it ends within the
+        connect timeout), but no GET is sent on it."""
         with self.lock:
             self.aborted = True
-            connection = self.connection
-        sock = connection.sock if connection is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already closed: the thread has its answer
-                sock.shutdown(socket.SHUT_RDWR)
+            sock = self.connection.sock if self.connection is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):  # already closed: the thread has its answer
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 class RangedReader:
@@ -132,7 +141,7 @@ class RangedReader:
             started = time.monotonic()
             try:
                 response = self._ask(job, connection, target, headers)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except _STALE:
                 if not reused or job.aborted:
                     raise
                 # The store closed a kept-alive connection while it was idle: no failure of this GET. Ask
@@ -149,6 +158,13 @@ class RangedReader:
                 f"TLS to {where} failed: {e.verify_message or e.reason}; "
                 "set a CA bundle or, for testing only, skip verification"
             ) from None
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as e:  # the connection ended: worth asking again
+            raise TransientStorageError(f"{what}: {type(e).__name__}, will retry") from None
+        except ssl.SSLError as e:
+            raise StorageError(
+                f"TLS to {where} failed: {e.reason or type(e).__name__}; check that the endpoint's scheme "
+                "(https://) and port are those of a TLS server"
+            ) from None
         except TimeoutError:
             raise TransientStorageError(
                 f"{what} timed out (waiting {self._connect_timeout_s:g} s to connect or "
@@ -161,6 +177,7 @@ class RangedReader:
         finally:
             with job.lock:
                 job.connection = None
+                keep = keep and not job.aborted
             if keep:
                 self._give(origin, connection)
             else:
@@ -179,6 +196,9 @@ class RangedReader:
             connection.connect()
             sock: socket.socket = connection.sock  # type: ignore[assignment] # set by connect()
             sock.settimeout(self._read_timeout_s)
+            with job.lock:  # aborted while connecting: the shutdown found no socket yet
+                if job.aborted:
+                    raise ConnectionAbortedError("the read was abandoned")
         connection.request("GET", target, headers=headers)
         return connection.getresponse()
 
@@ -186,7 +206,7 @@ class RangedReader:
         length = len(buffer)
         status = response.status
         if status in (301, 302, 307, 308):
-            raise Redirected(f"{what} was redirected ({status})")
+            raise PresignedRefused(f"{what} was redirected ({status})")
         if status not in (200, 206):
             self._raise_error(response)
         size = response.getheader("Content-Length")
@@ -224,7 +244,10 @@ class RangedReader:
             },
             shape,
         )
-        raise botocore.exceptions.ClientError(parsed, self._operation.name)
+        error = botocore.exceptions.ClientError(parsed, self._operation.name)
+        if error.response.get("Error", {}).get("Code") == "AuthorizationQueryParametersError":
+            raise PresignedRefused(f"the store refused a presigned GET ({response.status}): {error}") from None
+        raise error
 
     def _take(self, origin: Origin) -> tuple[http.client.HTTPConnection, bool]:
         with self._lock:

@@ -40,7 +40,7 @@ from agent.errors import (
 from agent.logs import add_secret
 from agent.settings import S3Settings
 from agent.storage.base import ObjectInfo, Storage, check_key
-from agent.storage.ranged import RangedReader, Redirected
+from agent.storage.ranged import PresignedRefused, RangedReader
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -259,9 +259,9 @@ class S3Storage(Storage):
     async def get_range_into(self, key: str, offset: int, buffer: memoryview) -> float:
         """As ``Storage.get_range_into``. Received in a thread straight into ``buffer`` (``RangedReader``),
         unless a proxy applies to the endpoint: then through aiobotocore, on the event loop. A presigned
-        read the store redirects (a bucket in another region) or refuses (a bucket policy may deny
-        query-string authentication) is asked again through aiobotocore; if that succeeds, every later
-        read goes that way."""
+        read the store redirects or does not take (``PresignedRefused``: a bucket in another region) or
+        refuses (403: a bucket policy may deny query-string authentication) is asked again through
+        aiobotocore; if that succeeds, every later read goes that way."""
         reader = self._reader
         if reader is None:
             return await self._get_range_on_loop(key, offset, buffer)
@@ -273,16 +273,17 @@ class S3Storage(Storage):
 
         try:
             return await self._call("GET", key, op)
-        except (Redirected, AccessDenied) as e:
+        except (PresignedRefused, AccessDenied) as e:
             first_byte = await self._get_range_on_loop(key, offset, buffer)
             if self._reader is reader:
                 self._reader = None  # closed with the storage: other reads may be using it
                 self._retired = reader
-                log.info(
-                    "%s: the store %s a presigned ranged GET that a signed request got; reading that way from now on",
-                    self.describe(),
-                    "redirected" if isinstance(e, Redirected) else "refused",
+                why = (
+                    f"a presigned ranged GET on {self.describe()} was refused where a signed request was not"
+                    if isinstance(e, AccessDenied)
+                    else str(e)
                 )
+                log.info("%s; reading pack ranges with signed requests from now on", why)
             return first_byte
 
     async def _presign(self, key: str) -> str:

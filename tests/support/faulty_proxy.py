@@ -20,6 +20,11 @@ PERMANENT_REDIRECT = (
     "<Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message>"
     "</Error>"
 )
+WRONG_REGION = (
+    '<?xml version="1.0" encoding="UTF-8"?><Error><Code>AuthorizationQueryParametersError</Code>'
+    "<Message>Error parsing the X-Amz-Credential parameter; the region 'us-east-1' is wrong; expecting "
+    "'eu-west-1'</Message></Error>"
+)
 ACCESS_DENIED = (
     '<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>'
 )
@@ -46,7 +51,8 @@ class FaultyProxy:
     """Requests authenticated in their query string (presigned URLs, SigV4's X-Amz-Signature)."""
     refuse_presigned: int = 0
     """Answer presigned requests with this status: 301 PermanentRedirect (as S3 for a bucket in another
-    region) or 403 AccessDenied (as a bucket policy that denies query-string authentication)."""
+    region), 400 AuthorizationQueryParametersError (as S3 for a URL signed for another region) or 403
+    AccessDenied (as a bucket policy that denies query-string authentication)."""
     """Body bytes of the ranged GETs answered (what restores fetched through the proxy)."""
     stall_puts: bool = False
     """Hold every PUT (a backup's pack and manifest uploads) until ``released`` is set."""
@@ -115,7 +121,7 @@ class FaultyProxy:
         if "X-Amz-Signature" in request.query:
             self.presigned += 1
             if self.refuse_presigned:
-                text = PERMANENT_REDIRECT if self.refuse_presigned == 301 else ACCESS_DENIED
+                text = {301: PERMANENT_REDIRECT, 400: WRONG_REGION}.get(self.refuse_presigned, ACCESS_DENIED)
                 return web.Response(status=self.refuse_presigned, text=text, content_type="application/xml")
         if self.fail_next > 0:
             self.fail_next -= 1
