@@ -61,6 +61,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.knobs
 	$(BIN)/python -m bench.profile --workload block --size-mib 2048
 	$(BIN)/python -m bench.profile --workload file --size-mib 2048
+	$(BIN)/python -m bench.stages
 	$(BIN)/python -m bench.report
 
 bench-report: $(STAMP)

@@ -14,7 +14,10 @@ charged to a stage by its innermost frames:
 - receive: the threads receiving pack ranges (``agent/storage/ranged.py``, http.client, the socket
   module) and aiohttp's response stream and protocol (the other reads);
 - event loop: uvloop's own C code (socket reads, callbacks), which py-spy shows as ``Runner.run``;
-- thread hand-off: the executor's worker loop taking the next call (GIL hand-offs);
+- thread hand-off: the executors' worker loop between calls. py-spy samples threads there that are not
+  asleep (woken, or taking the GIL back), and a restore has many (the threads receiving pack ranges,
+  one per read in flight, wait there between GETs): time, not CPU (``bench.stages`` measures CPU by
+  kind of thread);
 - S3 requests: building, signing and parsing requests (botocore, aiobotocore) and the connection pool;
 - start-up: imports and the interpreter before the restore begins;
 - other: everything else (planning, asyncio scheduling, the memory budget).

@@ -218,12 +218,35 @@ def profile_table(paths: list[Path]) -> list[str]:
         "Commands: "
         + "; ".join(f"`{r.get('command', 'python -m bench.profile --workload ' + r['workload'])}`" for r in runs)
         + " (250 samples/s of every thread that is not idle; a thread blocked in an O_DIRECT write counts, so "
-        "this is time, not CPU).",
+        "this is time, not CPU; \"thread hand-off\" is mostly executor threads in their queue between calls, "
+        "the threads receiving pack ranges among them. CPU by kind of thread: the stages table).",
         "",
         "| stage | " + " | ".join(f"{r['workload']} ({r['samples']} samples)" for r in runs) + " |",
         "|---|" + "---|" * len(runs),
     ]
     lines += [f"| {s} | " + " | ".join(f"{r['stages'].get(s, 0):.0%}" for r in runs) + " |" for s in stages]
+    return [*lines, ""]
+
+
+def stages_table(r: dict[str, Any]) -> list[str]:
+    """CPU per restored GB by stage (``bench.stages``)."""
+    alone, threads = r["stages_alone_cpu_s_per_GB"], r["restore_threads_cpu_s_per_GB"]
+    names = {"ferry-get": "receiving pack ranges (threads)", "MainThread": "the event loop's thread"}
+    lines = [
+        f"Command: `{r.get('command', 'python -m bench.stages')}` ({r['runs']} runs, medians; "
+        f"{r['restored_GB']:.2f} GB restored, encrypted repository). CPU seconds per restored GB.",
+        "",
+        "| each stage alone, one thread | CPU-s/GB | the restore's threads, by kind | CPU-s/GB |",
+        "|---|---|---|---|",
+    ]
+    left = [(f"{k} (AES-256-GCM)" if k == "open" else k, v) for k, v in alone.items()]
+    right = [(names.get(k, k), v) for k, v in threads.items()] + [("whole restore", r["restore_cpu_s_per_GB"])]
+    for i in range(max(len(left), len(right))):
+        a = left[i] if i < len(left) else ("", None)
+        b = right[i] if i < len(right) else ("", None)
+        lines.append(
+            f"| {a[0]} | {'' if a[1] is None else f'{a[1]:.2f}'} | {b[0]} | {'' if b[1] is None else f'{b[1]:.2f}'} |"
+        )
     return [*lines, ""]
 
 
@@ -347,6 +370,9 @@ def render(results: Path) -> list[str]:
     profiles = sorted(results.glob("profile-*.json"))
     if profiles:
         lines += ["### Where a restore's threads spend their time (py-spy)", "", *profile_table(profiles)]
+    stages = results / "stages.json"
+    if stages.exists():
+        lines += ["### CPU per restored GB, by stage", "", *stages_table(json.loads(stages.read_text()))]
     knobs = results / "knobs.json"
     if knobs.exists():
         lines += ["### Tuning knobs (one changed at a time)", "", *knobs_table(json.loads(knobs.read_text()))]

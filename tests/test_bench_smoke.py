@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from bench import backup, lifecycle, link, report, resume, suite
+from bench import backup, lifecycle, link, report, resume, stages, suite
 from bench.workloads import Sizes
 
 
@@ -133,3 +133,18 @@ def test_the_resume_benchmark_kills_restores_and_runs_them_again(tmp_path: Path)
     results.mkdir()
     (results / "resume.json").write_text(json.dumps(result))
     assert "| image | 2 |" in "\n".join(report.render(results))
+
+
+def test_the_stages_benchmark_measures_each_stage_and_the_restore_threads(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    result = stages.run(work, 16 * 1024 * 1024, runs=1)
+    assert set(result["stages_alone_cpu_s_per_GB"]) == {"open", "decompress", "verify", "decode"}
+    assert all(v > 0 for v in result["stages_alone_cpu_s_per_GB"].values())
+    threads = result["restore_threads_cpu_s_per_GB"]
+    assert threads["decoding threads"] > 0
+    assert "ferry-get" in threads, "pack ranges are received in the reader's threads"
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "stages.json").write_text(json.dumps(result))
+    assert "| decompress |" in "\n".join(report.render(results))
