@@ -218,7 +218,7 @@ def profile_table(paths: list[Path]) -> list[str]:
         "Commands: "
         + "; ".join(f"`{r.get('command', 'python -m bench.profile --workload ' + r['workload'])}`" for r in runs)
         + " (250 samples/s of every thread that is not idle; a thread blocked in an O_DIRECT write counts, so "
-        "this is time, not CPU; \"thread hand-off\" is mostly executor threads in their queue between calls, "
+        'this is time, not CPU; "thread hand-off" is mostly executor threads in their queue between calls, '
         "the threads receiving pack ranges among them. CPU by kind of thread: the stages table).",
         "",
         "| stage | " + " | ".join(f"{r['workload']} ({r['samples']} samples)" for r in runs) + " |",

@@ -2,9 +2,10 @@
 
 A restore's pack reads are most of its bytes. Through aiobotocore each one is received on the event loop
 (aiohttp feeds the body in network-read-sized pieces, each a Python callback and a copy) after botocore's
-per-request machinery (request building, event hooks, response parsing). Measured on a 2-core VM over
-loopback with 8 MiB ranges, 4 in flight: 0.55 CPU-s per GB received through aiobotocore, 0.34-0.39 through
-this module, and the event loop's thread, which a restore saturated, is free for the rest.
+per-request machinery (request building, event hooks, response parsing). Over loopback on a 2-core VM,
+receiving cost 0.41-0.49 CPU-s per restored GB that way and costs 0.21-0.25 through this module
+(``python -m bench.link``: the fetch ceiling and one GET at a time), and the event loop's thread, which a
+restore kept busy from start to end, is free for the rest (docs/PERFORMANCE.md).
 
 What is ours here is only the glue; the parts that are easy to get wrong come from libraries:
 
@@ -113,8 +114,9 @@ class RangedReader:
         the read in messages. Raises ``botocore.exceptions.ClientError`` for an error answer (4xx/5xx, parsed by
         botocore), ObjectTruncated when the object ends before the range does (RFC 9110 section 14.4:
         Content-Range gives its size), TransientStorageError for a connection that failed or delivered
-        fewer bytes, StorageError for an answer that is not the range asked or for a certificate that is
-        not trusted."""
+        fewer bytes, PresignedRefused for a redirect or a query authentication the store did not take, and
+        StorageError for an answer that is not the range asked or for TLS that fails (a certificate not
+        trusted, an endpoint that does not speak TLS)."""
         job = _Job(threading.Lock())
         return await self._pool.run_abortable(job.abort, self._get, job, url, offset, buffer, key, where)
 

@@ -4,6 +4,9 @@ botocore's own retries are off: every request goes through ``_call``, which boun
 ``request_timeout_s``, translates botocore/aiohttp exceptions into ``agent.errors`` and retries only
 transient ones with capped, fully jittered exponential backoff. Credentials come from the explicit
 settings or botocore's chain and never appear in a message.
+
+A restore's pack reads (``get_range_into``) are presigned by botocore and received in threads straight
+into the caller's buffer (``agent.storage.ranged``), through the same ``_call`` and ``_translate``.
 """
 
 from __future__ import annotations
