@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import re
 import socket
 import ssl
 import threading
@@ -216,7 +217,7 @@ class RangedReader:
         if status == 200 and not (offset == 0 and body == length):
             raise StorageError(f"{what}: the store answered a ranged GET with the whole object")
         if body is not None and body != length:
-            total = _object_size(response.getheader("Content-Range", ""))
+            total = object_size(response.getheader("Content-Range", ""))
             if total is not None and total < offset + length:
                 raise ObjectTruncated(
                     f"{what}: the object holds {total} bytes; a read of {length} bytes at {offset} goes past its end"
@@ -288,10 +289,13 @@ class RangedReader:
             return self._tls
 
 
-def _object_size(content_range: str) -> int | None:
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+def object_size(content_range: str) -> int | None:
     """The object's whole size from a Content-Range header (RFC 9110 section 14.4), if it says."""
-    _, _, total = content_range.strip().rpartition("/")
-    return int(total) if total.isdigit() else None
+    m = _CONTENT_RANGE.match(content_range.strip())
+    return int(m.group(3)) if m and m.group(3) != "*" else None
 
 
 def _scrub(message: str, query: str) -> str:

@@ -15,7 +15,6 @@ import asyncio
 import io
 import logging
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -43,7 +42,7 @@ from agent.errors import (
 from agent.logs import add_secret
 from agent.settings import S3Settings
 from agent.storage.base import ObjectInfo, Storage, check_key
-from agent.storage.ranged import PresignedRefused, RangedReader
+from agent.storage.ranged import PresignedRefused, RangedReader, object_size
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -84,15 +83,6 @@ _TRANSIENT_BOTOCORE = (
     botocore.exceptions.IncompleteReadError,
     botocore.exceptions.HTTPClientError,
 )
-
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-
-
-def _object_size(content_range: str) -> int | None:
-    """The object's whole size from a Content-Range header (RFC 9110 section 14.4), if it says."""
-    m = _CONTENT_RANGE.match(content_range.strip())
-    return int(m.group(3)) if m and m.group(3) != "*" else None
-
 
 _PRESIGNED_VALID_S = 900
 """How long a presigned URL for a ranged GET is valid."""
@@ -335,7 +325,7 @@ class S3Storage(Storage):
                         extra = True
                         break
             if filled != length:
-                total = _object_size(response.get("ContentRange", ""))
+                total = object_size(response.get("ContentRange", ""))
                 if total is not None and total < offset + length:
                     raise ObjectTruncated(
                         f"{key!r} in {self.describe()} holds {total} bytes; a read of {length} bytes at {offset} "
