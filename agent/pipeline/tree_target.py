@@ -16,10 +16,9 @@ Every path is opened beneath the target with ``agent.fs.beneath``: nothing is cr
 overwritten outside it, whatever the manifest says, and paths longer than PATH_MAX work. An existing
 non-directory at an entry's path is replaced, except a regular file of the entry's size whose only
 names are its own and the snapshot's hardlinks to it, with no extended attribute the snapshot's lacks:
-that one is kept (what an interrupted restore left),
-its holes made, and its content checked against the chunks before any is fetched (``resume``). An
-existing directory where a non-directory belongs is refused. A target directory this restore created is
-removed if the restore does not finish.
+that one is kept (what an interrupted restore left), its holes made, and its content checked against the
+chunks before any is fetched (``resume``). An existing directory where a non-directory belongs is
+refused. A target directory this restore created is removed if the restore does not finish.
 """
 
 from __future__ import annotations
